@@ -29,3 +29,49 @@ def llama_cpp_tree() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     return _require(paths.default_model_path(), "llamagate model default")
+
+
+class RunningService:
+    """The real gRPC server on a free port, its event loop in a thread.
+
+    Tests talk to it through a real channel, exactly like a client would.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        from server.app import create_server
+
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="llamagate-test-server", daemon=True)
+        self._thread.start()
+        self.app = self.call(create_server("127.0.0.1:0"))
+        self.address = f"127.0.0.1:{self.app.port}"
+
+    def call(self, coroutine):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=120)
+
+    def close(self) -> None:
+        self.call(self.app.stop(grace=1.0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def service(llama_cpp_tree, smollm2_path):
+    running = RunningService()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def stub(service):
+    import grpc
+
+    from llamagate.v1 import llamagate_pb2_grpc
+
+    with grpc.insecure_channel(service.address) as channel:
+        yield llamagate_pb2_grpc.LlamaGateStub(channel)

@@ -1,0 +1,63 @@
+"""Finding llama-server (SPEC §1) and the environment it runs in."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from adapters import paths
+from domain.errors import EngineNotFound
+
+BINARY = "llama-server"
+INSTALL_HINT = "run `llamagate engine install` (it builds llama-server from source, once)"
+
+
+def candidates(env: Mapping[str, str], llama_cpp_dir: str | None = None) -> list[Path]:
+    """Every place we look, in order: $LLAMA_SERVER_PATH, a chosen llama.cpp
+    dir, our own cache (CUDA build before CPU), then $PATH."""
+    found: list[Path] = []
+    if env.get("LLAMA_SERVER_PATH"):
+        found.append(Path(env["LLAMA_SERVER_PATH"]).expanduser())
+    chosen = llama_cpp_dir or env.get("LLAMA_CPP_DIR")
+    dirs = [Path(chosen).expanduser()] if chosen else []
+    dirs += [paths.engine_build_dir(backend) for backend in ("cuda", "cpu")]
+    for directory in dirs:
+        found += [directory / BINARY, directory / "bin" / BINARY, directory / "build" / "bin" / BINARY]
+    on_path = shutil.which(BINARY, path=env.get("PATH"))
+    if on_path:
+        found.append(Path(on_path))
+    return found
+
+
+def find_llama_server(env: Mapping[str, str] | None = None, llama_cpp_dir: str | None = None) -> Path:
+    env = os.environ if env is None else env
+    looked = candidates(env, llama_cpp_dir)
+    for candidate in looked:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    places = "\n  ".join([*map(str, looked), f"{BINARY} on PATH ({'not found' if env.get('PATH') else 'PATH unset'})"])
+    raise EngineNotFound(f"no {BINARY} found; looked in:\n  {places}\nTo fix: {INSTALL_HINT}")
+
+
+def child_environment(binary: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's env: shared libraries beside the binary, then CUDA runtime dirs."""
+    env = dict(os.environ if base is None else base)
+    lib_dirs = [str(binary.parent), *map(str, _cuda_library_dirs())]
+    if env.get("LD_LIBRARY_PATH"):
+        lib_dirs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs)
+    return env
+
+
+def _cuda_library_dirs() -> list[Path]:
+    arch = platform.machine()
+    dirs = [Path("/usr/local/cuda/lib64"), Path(f"/usr/local/cuda/targets/{arch}-linux/lib")]
+    for site in map(Path, sys.path):
+        nvidia = site / "nvidia"
+        if nvidia.is_dir():
+            dirs += sorted(nvidia.glob("*/lib"))
+    return [d for d in dirs if d.is_dir()]

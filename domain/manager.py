@@ -1,0 +1,180 @@
+"""The one model this service runs: load, unload, status, generate.
+
+Every load and unload bumps a generation number under the lock. A load
+checks it after each step that can wait, so the latest call always wins and
+an earlier load that lost the race stops its own child (SPEC §8, §11).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import PurePath
+
+from domain.capabilities import capabilities_from_template, launch_template_kwargs, merge_server_caps
+from domain.chat import GenerateEvent, GenerateRequest
+from domain.errors import EngineFailed, InvalidArgument, NoModelLoaded, Superseded
+from domain.generation import StreamFolder, chat_body, validate
+from domain.launch import LaunchSpec
+from domain.model import LoadEvent, LoadOptions, LoadPhase, ModelFacts, ModelInfo, ModelState
+from domain.ports import ChatEngine, EngineLauncher, EngineProcess, ModelInspector
+from domain.shards import model_id
+
+
+class ModelManager:
+    def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, chat: ChatEngine) -> None:
+        self._inspector = inspector
+        self._launcher = launcher
+        self._chat = chat
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self._engine: EngineProcess | None = None
+        self._info = ModelInfo()
+
+    def status(self) -> ModelInfo:
+        return self._info
+
+    async def load(self, path: str, options: LoadOptions) -> AsyncIterator[LoadEvent]:
+        _check_options(options)
+        async with self._lock:
+            self._generation += 1
+            generation = self._generation
+            await self._stop_engine()
+            self._info = ModelInfo(path=path, id=model_id(PurePath(path).name), state=ModelState.LOADING)
+        ready = False
+        try:
+            yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
+            facts = await asyncio.to_thread(self._inspector.inspect, path)
+            if options.mmproj_path:  # fail before launch, naming the projector
+                await asyncio.to_thread(self._inspector.inspect, options.mmproj_path)
+            info, spec = self._plan(facts, options)
+            yield LoadEvent(LoadPhase.PLANNING, _plan_message(info, facts))
+            engine = await self._spawn(generation, info, spec, options.chat_template)
+            yield LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self._info)
+            async for resident in self._watch(generation, engine):
+                loaded = min(resident, facts.size_bytes)
+                yield LoadEvent(LoadPhase.LOADING, "loading weights", loaded, facts.size_bytes)
+            info = await self._ready(generation, engine)
+            ready = True
+            yield LoadEvent(LoadPhase.READY, f"{info.id} is ready", facts.size_bytes, facts.size_bytes, info)
+        finally:
+            if not ready:  # failed, cancelled by the caller, or superseded
+                await self._abandon(generation)
+
+    def _plan(self, facts: ModelFacts, options: LoadOptions) -> tuple[ModelInfo, LaunchSpec]:
+        mid = model_id(PurePath(facts.path).name)
+        template = options.chat_template or facts.chat_template
+        caps = capabilities_from_template(template, mid, vision=bool(options.mmproj_path))
+        context = options.context_length or facts.native_context_length
+        info = ModelInfo(
+            id=mid,
+            path=facts.path,
+            architecture=facts.architecture,
+            native_context_length=facts.native_context_length,
+            context_length=context,
+            capabilities=caps,
+            cache_type=options.cache_type,
+            state=ModelState.LOADING,
+            parallel=options.parallel,
+            has_chat_template=bool(template),
+            size_bytes=facts.size_bytes,
+        )
+        spec = LaunchSpec(
+            model_path=facts.path,
+            port=0,  # chosen at spawn time, under the lock
+            context_length=context,
+            parallel=options.parallel,
+            threads=options.threads,
+            cache_type=options.cache_type,
+            template_kwargs=launch_template_kwargs(caps, mid),
+            speculative=options.speculative,
+            mmproj_path=options.mmproj_path or None,
+        )
+        return info, spec
+
+    async def _spawn(self, generation: int, info: ModelInfo, spec: LaunchSpec, template: str) -> EngineProcess:
+        async with self._lock:
+            self._check_current(generation)
+            await self._stop_engine()  # a concurrent load may have slipped a child in
+            spec = replace(spec, port=self._launcher.free_port())
+            engine = await self._launcher.launch(spec, chat_template=template)
+            self._engine = engine
+            self._info = replace(info, pid=engine.pid)
+            return engine
+
+    async def _watch(self, generation: int, engine: EngineProcess) -> AsyncIterator[int]:
+        try:
+            async for resident in engine.watch_until_ready():
+                self._check_current(generation)
+                yield resident
+        except EngineFailed:
+            self._check_current(generation)  # killed by a later load: say so instead
+            raise
+
+    async def _ready(self, generation: int, engine: EngineProcess) -> ModelInfo:
+        server_caps = await self._chat.template_caps(engine.base_url)
+        async with self._lock:
+            self._check_current(generation)
+            caps = merge_server_caps(self._info.capabilities, server_caps)
+            self._info = replace(self._info, capabilities=caps, state=ModelState.READY)
+            return self._info
+
+    async def _abandon(self, generation: int) -> None:
+        async with self._lock:
+            if generation == self._generation:
+                await self._stop_engine()
+                self._info = ModelInfo()
+
+    def _check_current(self, generation: int) -> None:
+        if generation != self._generation:
+            raise Superseded("the load was superseded by a later LoadModel or UnloadModel")
+
+    async def unload(self) -> tuple[bool, int]:
+        """Stop the model or the load in progress. Returns (was_loaded, pid)."""
+        async with self._lock:
+            self._generation += 1
+            was_loaded = self._info.state is not ModelState.EMPTY
+            pid = self._engine.pid if self._engine else 0
+            await self._stop_engine()
+            self._info = ModelInfo()
+            return was_loaded, pid
+
+    async def _stop_engine(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.stop()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
+        info, engine = self._info, self._engine
+        if info.state is not ModelState.READY or engine is None:
+            raise NoModelLoaded(_not_ready_message(info))
+        validate(request, info.capabilities)
+        body = chat_body(request, info.capabilities, info.context_length)
+        folder = StreamFolder()
+        async for chunk in self._chat.stream_chat(engine.base_url, body):
+            for event in folder.feed(chunk):
+                yield event
+        for event in folder.finish():
+            yield event
+
+
+def _check_options(options: LoadOptions) -> None:
+    if options.parallel < 1:
+        raise InvalidArgument(f"parallel must be at least 1, got {options.parallel}")
+    if options.threads < 0:
+        raise InvalidArgument(f"threads must be 0 (automatic) or positive, got {options.threads}")
+
+
+def _not_ready_message(info: ModelInfo) -> str:
+    if info.state is ModelState.LOADING:
+        return f"model {info.id} is still loading; wait for LoadModel to report READY"
+    return "no model is loaded; call LoadModel first"
+
+
+def _plan_message(info: ModelInfo, facts: ModelFacts) -> str:
+    native = facts.native_context_length
+    return (
+        f"{info.architecture} model, {facts.size_bytes} bytes; context {info.context_length}"
+        f" (native {native}), {info.parallel} slot(s), KV cache {info.cache_type.value}"
+    )

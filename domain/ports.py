@@ -1,0 +1,44 @@
+"""How the domain talks to the world. Adapters satisfy these by shape."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from domain.chat import ChatChunk
+from domain.launch import LaunchSpec
+from domain.model import ModelFacts
+
+
+class ModelInspector(Protocol):
+    def inspect(self, path: str) -> ModelFacts:
+        """Read the GGUF header. Raises ModelNotFound or InvalidModel."""
+
+
+class EngineProcess(Protocol):
+    pid: int
+    base_url: str
+
+    def watch_until_ready(self) -> AsyncIterator[int]:
+        """Yield resident bytes while loading; return once healthy.
+
+        Raises EngineFailed (with the child's last output) if it exits first.
+        """
+
+    async def stop(self) -> None:
+        """SIGTERM, a grace period, then SIGKILL; returns once the child is gone."""
+
+
+class EngineLauncher(Protocol):
+    def free_port(self) -> int: ...
+
+    async def launch(self, spec: LaunchSpec, *, chat_template: str = "") -> EngineProcess:
+        """Spawn llama-server; ``chat_template`` overrides the model's template."""
+
+
+class ChatEngine(Protocol):
+    def stream_chat(self, base_url: str, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
+        """Stream a chat completion. Raises EngineFailed or EngineRejected."""
+
+    async def template_caps(self, base_url: str) -> dict[str, object]:
+        """llama-server's own view of the chat template's capabilities."""

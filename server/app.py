@@ -1,0 +1,99 @@
+"""Composition root: real adapters, the gRPC server, health and reflection."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from adapters import paths
+from adapters.engine_discovery import find_llama_server
+from adapters.gguf_inspector import GgufInspector
+from adapters.llama_http import LlamaHttpClient
+from adapters.llama_process import LlamaServerLauncher
+from adapters.orphans import kill_orphans
+from domain.manager import ModelManager
+from domain.model import LoadEvent, LoadPhase, ModelInfo
+from llamagate.v1 import llamagate_pb2 as pb
+from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
+from server.service import LlamaGateService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LlamaGate"].full_name
+
+
+def build_manager(llama_cpp_dir: str | None = None, **launcher_options) -> ModelManager:
+    launcher = LlamaServerLauncher(lambda: find_llama_server(llama_cpp_dir=llama_cpp_dir), **launcher_options)
+    return ModelManager(GgufInspector(), launcher, LlamaHttpClient())
+
+
+def clean_orphans(llama_cpp_dir: str | None = None) -> list[int]:
+    dirs = [paths.engine_root()] + ([Path(llama_cpp_dir)] if llama_cpp_dir else [])
+    try:
+        binaries = [find_llama_server(llama_cpp_dir=llama_cpp_dir)]
+    except Exception:  # no engine yet: nothing of ours can be running
+        binaries = []
+    return kill_orphans(dirs, binaries)
+
+
+@dataclass
+class App:
+    server: grpc.aio.Server
+    port: int
+    manager: ModelManager
+    health: health.aio.HealthServicer
+
+    async def set_ready(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(SERVICE_NAME, status)
+
+    async def follow_load(self, first: LoadEvent, events: AsyncIterator[LoadEvent]) -> ModelInfo:
+        """Drive a load started outside any RPC (``serve``), keeping health in step."""
+        event = first
+        async with contextlib.aclosing(events):
+            while True:
+                log.info("load %s: %s", event.phase.value, event.message)
+                if event.phase is LoadPhase.READY and event.model is not None:
+                    await self.set_ready(True)
+                    return event.model
+                event = await anext(events)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """NOT_SERVING first, so balancers drain us; then the server; then the child."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.manager.unload()
+
+
+async def create_server(address: str = DEFAULT_ADDRESS, manager: ModelManager | None = None) -> App:
+    """Start serving on ``address`` (port 0 picks a free one); returns the App."""
+    manager = manager or build_manager()
+    server = grpc.aio.server()
+    health_servicer = health.aio.HealthServicer()
+    app_holder: list[App] = []
+
+    async def on_readiness(ready: bool) -> None:
+        await app_holder[0].set_ready(ready)
+
+    pb_grpc.add_LlamaGateServicer_to_server(LlamaGateService(manager, on_readiness), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    app = App(server, port, manager, health_servicer)
+    app_holder.append(app)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await app.set_ready(False)
+    return app

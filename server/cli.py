@@ -1,0 +1,164 @@
+"""The ``llamagate`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from server.app import DEFAULT_ADDRESS
+
+_EPILOG = "Environment: LLAMAGATE_ADDRESS (default address), LLAMA_SERVER_PATH, LLAMAGATE_CACHE_DIR."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamagate", description="Run GGUF models over gRPC.", epilog=_EPILOG)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (llama-server's output too)")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    address = os.environ.get("LLAMAGATE_ADDRESS", DEFAULT_ADDRESS)
+
+    serve = sub.add_parser("serve", help="run the gRPC service")
+    serve.add_argument("--listen", default=address, help=f"host:port to listen on (default {address})")
+    serve.add_argument("--model", help="GGUF file to load at start (default: the embedded SmolLM2)")
+    serve.add_argument("--no-model", action="store_true", help="start with nothing loaded")
+    serve.add_argument("--ctx", type=int, default=0, help="context length (0 = the model's native)")
+    serve.add_argument("--parallel", type=int, default=1, help="parallel slots")
+    serve.add_argument("--llama-cpp-dir", help="a llama.cpp install to take llama-server from")
+    serve.set_defaults(run=_serve)
+
+    chat = sub.add_parser("chat", help="stream an answer from the running service")
+    chat.add_argument("prompt")
+    chat.add_argument("--address", default=address)
+    chat.add_argument("--system", help="system message")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a model still loading")
+    chat.set_defaults(run=_client_command("chat"))
+
+    for name, help_text in (("status", "show what is loaded"), ("unload", "stop the loaded model")):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--address", default=address)
+        command.set_defaults(run=_client_command(name))
+
+    engine = sub.add_parser("engine", help="the llama-server binary")
+    engine_sub = engine.add_subparsers(required=True, metavar="ACTION")
+    install = engine_sub.add_parser("install", help="build llama-server from source (cached)")
+    install.add_argument("--backend", choices=("cpu", "cuda"), help="default: cuda when nvcc is found")
+    install.add_argument("--force", action="store_true", help="rebuild even if cached")
+    install.set_defaults(run=_engine_install)
+    where = engine_sub.add_parser("path", help="print the llama-server that would be used")
+    where.set_defaults(run=_engine_path)
+
+    model = sub.add_parser("model", help="models")
+    model_sub = model.add_subparsers(required=True, metavar="ACTION")
+    default = model_sub.add_parser("default", help="fetch the embedded default model; print its path")
+    default.set_defaults(run=_model_default)
+
+    setup = sub.add_parser("setup", help="engine install + default model: everything serve needs")
+    setup.set_defaults(run=_setup)
+    return parser
+
+
+def _serve(args) -> int:
+    return asyncio.run(_serve_async(args))
+
+
+async def _serve_async(args) -> int:
+    from adapters.default_model import ensure_default_model
+    from domain.errors import LlamagateError
+    from domain.model import LoadOptions
+    from server.app import build_manager, clean_orphans, create_server
+
+    clean_orphans(args.llama_cpp_dir)
+    manager = build_manager(args.llama_cpp_dir)
+    loading = None
+    if not args.no_model:
+        path = args.model or str(ensure_default_model())
+        options = LoadOptions(context_length=args.ctx, parallel=args.parallel)
+        loading = manager.load(path, options)
+        # The first step marks the model LOADING before we listen, so an
+        # early client waits for it instead of seeing "no model loaded".
+        first = await anext(loading)
+    app = await create_server(args.listen, manager)
+    print(f"llamagate listening on {args.listen.rsplit(':', 1)[0]}:{app.port}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    load_task = asyncio.create_task(app.follow_load(first, loading)) if loading else None
+    try:
+        if load_task:
+            await asyncio.wait({load_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+            if load_task.done():
+                ready = load_task.result()
+                print(f"model {ready.id} ready: context {ready.context_length}, pid {ready.pid}", flush=True)
+        await stop.wait()
+    except LlamagateError as error:
+        print(f"llamagate: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if load_task:
+            load_task.cancel()
+        await app.stop()
+        clean_orphans(args.llama_cpp_dir)
+    return 0
+
+
+def _client_command(name: str):
+    def run(args) -> int:
+        from server import client
+
+        return getattr(client, name)(args)
+
+    return run
+
+
+def _engine_install(args) -> int:
+    from adapters.engine_install import install_engine
+
+    install_engine(backend=args.backend, force=args.force)
+    return 0
+
+
+def _engine_path(args) -> int:
+    from adapters.engine_discovery import find_llama_server
+    from domain.errors import EngineNotFound
+
+    try:
+        print(find_llama_server())
+    except EngineNotFound as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _model_default(args) -> int:
+    from adapters.default_model import ensure_default_model
+
+    print(ensure_default_model(say=lambda line: print(line, file=sys.stderr)))
+    return 0
+
+
+def _setup(args) -> int:
+    from adapters.default_model import ensure_default_model
+    from adapters.engine_install import install_engine
+
+    install_engine()
+    ensure_default_model()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

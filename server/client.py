@@ -1,0 +1,88 @@
+"""The client side of the command line: chat, status, unload."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import grpc
+
+from llamagate.v1 import llamagate_pb2 as pb
+from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
+
+_DIM, _RESET = ("\033[2m", "\033[0m") if sys.stderr.isatty() else ("", "")
+
+
+def _stub(address: str) -> pb_grpc.LlamaGateStub:
+    return pb_grpc.LlamaGateStub(grpc.insecure_channel(address))
+
+
+def _fail(address: str, error: grpc.RpcError) -> int:
+    if error.code() == grpc.StatusCode.UNAVAILABLE and "llama-server" not in (error.details() or ""):
+        print(f"llamagate: cannot reach the service at {address} (is `llamagate serve` running?)", file=sys.stderr)
+    else:
+        print(f"llamagate: {error.code().name}: {error.details()}", file=sys.stderr)
+    return 1
+
+
+def wait_until_ready(stub: pb_grpc.LlamaGateStub, timeout: float) -> pb.ModelInfo:
+    """Wait while a model is LOADING (e.g. right after `serve` started)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = stub.GetStatus(pb.GetStatusRequest(), wait_for_ready=True, timeout=max(1.0, timeout))
+        if info.state != pb.MODEL_STATE_LOADING or time.monotonic() > deadline:
+            return info
+        time.sleep(0.25)
+
+
+def chat(args) -> int:
+    stub = _stub(args.address)
+    messages = [pb.Message(role=pb.ROLE_SYSTEM, text=args.system)] if args.system else []
+    messages.append(pb.Message(role=pb.ROLE_USER, text=args.prompt))
+    sampling = pb.Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
+    try:
+        wait_until_ready(stub, args.wait)
+        for event in stub.Generate(pb.GenerateRequest(messages=messages, sampling=sampling)):
+            kind = event.WhichOneof("event")
+            if kind == "reasoning_delta":
+                print(f"{_DIM}{event.reasoning_delta}{_RESET}", end="", file=sys.stderr, flush=True)
+            elif kind == "content_delta":
+                print(event.content_delta, end="", flush=True)
+            else:
+                done = event.done
+                reason = pb.FinishReason.Name(done.finish_reason).removeprefix("FINISH_REASON_").lower()
+                print(
+                    f"\n{_DIM}[{reason}; {done.usage.completion_tokens} tokens,"
+                    f" {done.timings.predicted_per_second:.1f} tok/s]{_RESET}",
+                    file=sys.stderr,
+                )
+    except grpc.RpcError as error:
+        return _fail(args.address, error)
+    return 0
+
+
+def status(args) -> int:
+    try:
+        info = _stub(args.address).GetStatus(pb.GetStatusRequest(), timeout=10)
+    except grpc.RpcError as error:
+        return _fail(args.address, error)
+    state = pb.ModelState.Name(info.state).removeprefix("MODEL_STATE_").lower()
+    if info.state == pb.MODEL_STATE_EMPTY:
+        print("no model loaded")
+        return 0
+    caps = [name for name in ("reasoning", "tools", "vision") if getattr(info.capabilities, name)]
+    print(f"{info.id} ({info.architecture}) {state}")
+    print(f"  path     {info.path}")
+    print(f"  context  {info.context_length} of native {info.native_context_length}, {info.parallel} slot(s)")
+    print(f"  caps     {', '.join(caps) or 'plain chat'}")
+    print(f"  pid      {info.pid}")
+    return 0
+
+
+def unload(args) -> int:
+    try:
+        reply = _stub(args.address).UnloadModel(pb.UnloadModelRequest(), timeout=30)
+    except grpc.RpcError as error:
+        return _fail(args.address, error)
+    print(f"stopped llama-server pid {reply.pid}" if reply.was_loaded else "nothing was loaded")
+    return 0

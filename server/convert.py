@@ -1,0 +1,186 @@
+"""Protobuf messages <-> domain dataclasses. No logic beyond the mapping."""
+
+from __future__ import annotations
+
+from domain import chat
+from domain.errors import InvalidArgument
+from domain.model import (
+    Capabilities,
+    KvCacheType,
+    LoadEvent,
+    LoadOptions,
+    LoadPhase,
+    ModelInfo,
+    ModelState,
+    ReasoningStyle,
+    Speculative,
+)
+from llamagate.v1 import llamagate_pb2 as pb
+
+_CACHE = {
+    pb.KV_CACHE_TYPE_UNSPECIFIED: KvCacheType.F16,
+    pb.KV_CACHE_TYPE_F32: KvCacheType.F32,
+    pb.KV_CACHE_TYPE_F16: KvCacheType.F16,
+    pb.KV_CACHE_TYPE_BF16: KvCacheType.BF16,
+    pb.KV_CACHE_TYPE_Q8_0: KvCacheType.Q8_0,
+    pb.KV_CACHE_TYPE_Q5_1: KvCacheType.Q5_1,
+    pb.KV_CACHE_TYPE_Q5_0: KvCacheType.Q5_0,
+    pb.KV_CACHE_TYPE_Q4_1: KvCacheType.Q4_1,
+    pb.KV_CACHE_TYPE_Q4_0: KvCacheType.Q4_0,
+    pb.KV_CACHE_TYPE_IQ4_NL: KvCacheType.IQ4_NL,
+}
+_CACHE_TO_PB = {v: k for k, v in _CACHE.items() if k != pb.KV_CACHE_TYPE_UNSPECIFIED}
+_SPECULATIVE = {
+    pb.SPECULATIVE_TYPE_UNSPECIFIED: Speculative.OFF,
+    pb.SPECULATIVE_TYPE_OFF: Speculative.OFF,
+    pb.SPECULATIVE_TYPE_DEFAULT: Speculative.DEFAULT,
+    pb.SPECULATIVE_TYPE_NGRAM_SIMPLE: Speculative.NGRAM_SIMPLE,
+    pb.SPECULATIVE_TYPE_NGRAM_MOD: Speculative.NGRAM_MOD,
+}
+_PHASE = {
+    LoadPhase.RESOLVING: pb.LOAD_PHASE_RESOLVING,
+    LoadPhase.PLANNING: pb.LOAD_PHASE_PLANNING,
+    LoadPhase.STARTING: pb.LOAD_PHASE_STARTING,
+    LoadPhase.LOADING: pb.LOAD_PHASE_LOADING,
+    LoadPhase.READY: pb.LOAD_PHASE_READY,
+}
+_STATE = {
+    ModelState.EMPTY: pb.MODEL_STATE_EMPTY,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.READY: pb.MODEL_STATE_READY,
+}
+_STYLE = {
+    ReasoningStyle.NONE: pb.REASONING_STYLE_UNSPECIFIED,
+    ReasoningStyle.ENABLE_THINKING: pb.REASONING_STYLE_ENABLE_THINKING,
+    ReasoningStyle.REASONING_EFFORT: pb.REASONING_STYLE_REASONING_EFFORT,
+    ReasoningStyle.THINKING: pb.REASONING_STYLE_THINKING,
+}
+_ROLE = {
+    pb.ROLE_SYSTEM: chat.Role.SYSTEM,
+    pb.ROLE_USER: chat.Role.USER,
+    pb.ROLE_ASSISTANT: chat.Role.ASSISTANT,
+    pb.ROLE_TOOL: chat.Role.TOOL,
+}
+_EFFORT = {pb.REASONING_EFFORT_LOW: "low", pb.REASONING_EFFORT_MEDIUM: "medium", pb.REASONING_EFFORT_HIGH: "high"}
+_FINISH = {
+    chat.FinishReason.STOP: pb.FINISH_REASON_STOP,
+    chat.FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    chat.FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+}
+
+
+def _enum(table: dict, value: int, field: str):
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidArgument(f"{field} has an unknown value {value}") from None
+
+
+def load_request(request: pb.LoadModelRequest) -> tuple[str, LoadOptions]:
+    if request.WhichOneof("source") != "path" or not request.path:
+        raise InvalidArgument("source.path is required: the GGUF file to load")
+    o = request.options
+    return request.path, LoadOptions(
+        context_length=o.context_length,
+        parallel=o.parallel or 1,
+        cache_type=_enum(_CACHE, o.cache_type, "options.cache_type"),
+        threads=o.threads,
+        chat_template=o.chat_template,
+        speculative=_enum(_SPECULATIVE, o.speculative, "options.speculative"),
+        mmproj_path=o.mmproj_path,
+    )
+
+
+def load_event(event: LoadEvent) -> pb.LoadEvent:
+    message = pb.LoadEvent(
+        phase=_PHASE[event.phase],
+        message=event.message,
+        bytes_loaded=event.bytes_loaded,
+        bytes_total=event.bytes_total,
+    )
+    if event.model is not None:
+        message.model.CopyFrom(model_info(event.model))
+    return message
+
+
+def model_info(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        id=info.id,
+        path=info.path,
+        architecture=info.architecture,
+        native_context_length=info.native_context_length,
+        context_length=info.context_length,
+        capabilities=_capabilities(info.capabilities),
+        cache_type=_CACHE_TO_PB[info.cache_type],
+        state=_STATE[info.state],
+        pid=info.pid,
+        parallel=info.parallel,
+        has_chat_template=info.has_chat_template,
+        size_bytes=info.size_bytes,
+    )
+
+
+def _capabilities(caps: Capabilities) -> pb.Capabilities:
+    return pb.Capabilities(
+        reasoning=caps.reasoning,
+        reasoning_style=_STYLE[caps.reasoning_style],
+        reasoning_always_on=caps.reasoning_always_on,
+        preserve_thinking=caps.preserve_thinking,
+        tools=caps.tools,
+        vision=caps.vision,
+    )
+
+
+def generate_request(request: pb.GenerateRequest) -> chat.GenerateRequest:
+    messages = tuple(
+        chat.ChatMessage(_enum(_ROLE, m.role, f"messages[{i}].role"), m.text, m.image)
+        for i, m in enumerate(request.messages)
+    )
+    s = request.sampling
+
+    def opt(name: str):
+        return getattr(s, name) if s.HasField(name) else None
+
+    sampling = chat.Sampling(
+        temperature=opt("temperature"),
+        top_p=opt("top_p"),
+        top_k=opt("top_k"),
+        min_p=opt("min_p"),
+        repetition_penalty=opt("repetition_penalty"),
+        presence_penalty=opt("presence_penalty"),
+        max_tokens=opt("max_tokens"),
+        stop=tuple(s.stop),
+        seed=opt("seed"),
+    )
+    r = request.reasoning
+    reasoning = chat.ReasoningControls(
+        enable_thinking=r.enable_thinking if r.HasField("enable_thinking") else None,
+        reasoning_effort=_EFFORT.get(r.reasoning_effort),
+        preserve_thinking=r.preserve_thinking if r.HasField("preserve_thinking") else None,
+    )
+    return chat.GenerateRequest(messages, sampling, reasoning)
+
+
+def generate_event(event: chat.GenerateEvent) -> pb.GenerateEvent:
+    if isinstance(event, chat.ReasoningDelta):
+        return pb.GenerateEvent(reasoning_delta=event.text)
+    if isinstance(event, chat.ContentDelta):
+        return pb.GenerateEvent(content_delta=event.text)
+    u, t = event.usage, event.timings
+    return pb.GenerateEvent(
+        done=pb.GenerateDone(
+            finish_reason=_FINISH[event.finish_reason],
+            usage=pb.Usage(
+                prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens
+            ),
+            timings=pb.Timings(
+                prompt_n=t.prompt_n,
+                prompt_ms=t.prompt_ms,
+                prompt_per_second=t.prompt_per_second,
+                predicted_n=t.predicted_n,
+                predicted_ms=t.predicted_ms,
+                predicted_per_second=t.predicted_per_second,
+                cache_n=t.cache_n,
+            ),
+        )
+    )

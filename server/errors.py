@@ -1,0 +1,25 @@
+"""The one table from domain errors to gRPC status codes."""
+
+from __future__ import annotations
+
+import grpc
+
+from domain import errors
+
+STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.InvalidModel: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.NoModelLoaded: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.EngineNotFound: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.EngineRejected: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.EngineFailed: grpc.StatusCode.UNAVAILABLE,
+    errors.Superseded: grpc.StatusCode.CANCELLED,
+}
+
+
+def status_for(error: errors.LlamagateError) -> grpc.StatusCode:
+    for cls in type(error).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]
+    return grpc.StatusCode.INTERNAL

@@ -1,0 +1,63 @@
+"""The LlamaGate gRPC servicer: translate, delegate to ModelManager, translate back."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from domain.errors import LlamagateError
+from domain.manager import ModelManager
+from domain.model import LoadPhase
+from llamagate.v1 import llamagate_pb2 as pb
+from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
+from server import convert
+from server.errors import status_for
+
+log = logging.getLogger(__name__)
+
+# Called with True when a model becomes ready, False when it goes away.
+ReadinessHook = Callable[[bool], Awaitable[None]]
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError) -> None:
+    code = status_for(error)
+    log.info("%s: %s", code.name, error)
+    await context.abort(code, str(error))
+
+
+class LlamaGateService(pb_grpc.LlamaGateServicer):
+    def __init__(self, manager: ModelManager, on_readiness: ReadinessHook) -> None:
+        self._manager = manager
+        self._on_readiness = on_readiness
+
+    async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadEvent]:
+        try:
+            path, options = convert.load_request(request)
+            await self._on_readiness(False)
+            async with contextlib.aclosing(self._manager.load(path, options)) as events:
+                async for event in events:
+                    if event.phase is LoadPhase.READY:
+                        await self._on_readiness(True)
+                    yield convert.load_event(event)
+        except LlamagateError as error:
+            await _abort(context, error)
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
+        was_loaded, pid = await self._manager.unload()
+        await self._on_readiness(False)
+        return pb.UnloadModelResponse(was_loaded=was_loaded, pid=pid)
+
+    async def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.ModelInfo:
+        return convert.model_info(self._manager.status())
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
+        try:
+            domain_request = convert.generate_request(request)
+            async with contextlib.aclosing(self._manager.generate(domain_request)) as events:
+                async for event in events:
+                    yield convert.generate_event(event)
+        except LlamagateError as error:
+            await _abort(context, error)
