@@ -36,14 +36,14 @@ class LlamaHttpClient:
         except httpx.TransportError as error:
             raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
 
-    async def template_caps(self, base_url: str) -> dict[str, object]:
+    async def props(self, base_url: str) -> dict[str, object]:
         try:
             async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as client:
                 response = await client.get("/props")
-                caps = response.json().get("chat_template_caps", {}) if response.status_code == 200 else {}
+                props = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
-            caps = {}
-        return caps if isinstance(caps, dict) else {}
+            props = {}
+        return props if isinstance(props, dict) else {}
 
 
 DONE = object()

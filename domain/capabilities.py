@@ -8,6 +8,7 @@ after launch (see ``merge_server_caps``).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from domain.model import Capabilities, ReasoningStyle
 
@@ -98,15 +99,17 @@ def request_template_kwargs(
     return kwargs
 
 
-def merge_server_caps(caps: Capabilities, server_caps: dict[str, object]) -> Capabilities:
-    """Cross-check with llama-server's ``chat_template_caps`` (it renders the template).
-
-    The server knows for sure whether the template accepts tools; it also
-    tells whether the template handles ``reasoning_content``.
-    """
-    from dataclasses import replace
-
-    tools = server_caps.get("supports_tools", server_caps.get("supports_tool_calls"))
-    if isinstance(tools, bool):
-        caps = replace(caps, tools=tools)
-    return caps
+def merge_server_caps(caps: Capabilities, props: dict[str, object]) -> Capabilities:
+    """Cross-check with llama-server's ``/props``: it renders the template, so
+    its ``chat_template_caps`` settle tools and preserved reasoning, and its
+    ``modalities`` settle vision."""
+    template_caps = props.get("chat_template_caps")
+    template_caps = template_caps if isinstance(template_caps, dict) else {}
+    modalities = props.get("modalities")
+    modalities = modalities if isinstance(modalities, dict) else {}
+    updates = {
+        "tools": template_caps.get("supports_tools"),
+        "preserve_thinking": template_caps.get("supports_preserve_reasoning"),
+        "vision": modalities.get("vision"),
+    }
+    return replace(caps, **{k: v for k, v in updates.items() if isinstance(v, bool)})

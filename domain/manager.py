@@ -113,10 +113,10 @@ class ModelManager:
             raise
 
     async def _ready(self, generation: int, engine: EngineProcess) -> ModelInfo:
-        server_caps = await self._chat.template_caps(engine.base_url)
+        props = await self._chat.props(engine.base_url)
         async with self._lock:
             self._check_current(generation)
-            caps = merge_server_caps(self._info.capabilities, server_caps)
+            caps = merge_server_caps(self._info.capabilities, props)
             self._info = replace(self._info, capabilities=caps, state=ModelState.READY)
             return self._info
 

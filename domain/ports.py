@@ -40,5 +40,5 @@ class ChatEngine(Protocol):
     def stream_chat(self, base_url: str, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
         """Stream a chat completion. Raises EngineFailed or EngineRejected."""
 
-    async def template_caps(self, base_url: str) -> dict[str, object]:
-        """llama-server's own view of the chat template's capabilities."""
+    async def props(self, base_url: str) -> dict[str, object]:
+        """llama-server's ``/props`` (its own view of the template and modalities); {} if unavailable."""

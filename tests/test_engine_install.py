@@ -1,0 +1,21 @@
+"""How llama-server is built (the build itself runs in set-up, once)."""
+
+from adapters.engine_install import configure_args, cpu_flags
+
+CPUINFO = "processor\t: 0\nflags\t\t: fpu sse4_2 avx2 avx512f avx512_vnni amx_tile amx_int8\n"
+
+
+def test_only_the_cpus_own_avx512_extensions_are_enabled_and_never_native():
+    args = configure_args("cpu", cpu_flags(CPUINFO))
+    assert "-DGGML_NATIVE=OFF" in args  # -march=native pulls in AMX kernels that crash in VMs
+    assert {"-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON"} <= set(args)
+    assert "-DGGML_AVX512_BF16=ON" not in args
+    assert not any("AMX" in a for a in args)
+    assert "-DGGML_CUDA=ON" not in args
+
+
+def test_nothing_is_downloaded_at_build_time_and_cuda_is_opt_in():
+    args = configure_args("cuda", set())
+    assert "-DLLAMA_USE_PREBUILT_UI=OFF" in args and "-DLLAMA_OPENSSL=OFF" in args
+    assert "-DGGML_CUDA=ON" in args
+    assert not any("AVX512" in a for a in args)
