@@ -52,9 +52,8 @@ class ModelManager:
             yield LoadEvent(LoadPhase.PLANNING, _plan_message(info, facts))
             engine = await self._spawn(generation, info, spec, options.chat_template)
             yield LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self._info)
-            async for resident in self._watch(generation, engine):
-                loaded = min(resident, facts.size_bytes)
-                yield LoadEvent(LoadPhase.LOADING, "loading weights", loaded, facts.size_bytes)
+            async for event in self._progress(generation, engine, facts.size_bytes):
+                yield event
             info = await self._ready(generation, engine)
             ready = True
             yield LoadEvent(LoadPhase.READY, f"{info.id} is ready", facts.size_bytes, facts.size_bytes, info)
@@ -111,6 +110,17 @@ class ModelManager:
         except EngineFailed:
             self._check_current(generation)  # killed by a later load: say so instead
             raise
+
+    async def _progress(self, generation: int, engine: EngineProcess, total: int) -> AsyncIterator[LoadEvent]:
+        """LOADING events, one per whole percent of the weights resident (SPEC §10)."""
+        last_percent = -1
+        async for resident in self._watch(generation, engine):
+            loaded = min(resident, total)
+            percent = loaded * 100 // total if total else 100
+            if percent != last_percent:
+                last_percent = percent
+                message = f"loading weights: {percent}% ({loaded >> 20} of {total >> 20} MiB resident)"
+                yield LoadEvent(LoadPhase.LOADING, message, loaded, total)
 
     async def _ready(self, generation: int, engine: EngineProcess) -> ModelInfo:
         props = await self._chat.props(engine.base_url)

@@ -22,11 +22,11 @@ from domain.manager import ModelManager
 from domain.model import LoadEvent, LoadPhase, ModelInfo
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
+from server.config import DEFAULT_ADDRESS
 from server.service import LlamaGateService
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LlamaGate"].full_name
 
 

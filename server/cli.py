@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 
-from server.app import DEFAULT_ADDRESS
+from server.config import default_address
 
 _EPILOG = "Environment: LLAMAGATE_ADDRESS (default address), LLAMA_SERVER_PATH, LLAMAGATE_CACHE_DIR."
 
@@ -18,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamagate", description="Run GGUF models over gRPC.", epilog=_EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (llama-server's output too)")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    address = os.environ.get("LLAMAGATE_ADDRESS", DEFAULT_ADDRESS)
+    address = default_address()
 
     serve = sub.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--listen", default=address, help=f"host:port to listen on (default {address})")
@@ -46,11 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-tokens", type=int)
     chat.add_argument("--temperature", type=float)
     chat.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a model still loading")
+    chat.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the service")
     chat.set_defaults(run=_client_command("chat"))
 
     for name, help_text in (("status", "show what is loaded"), ("unload", "stop the loaded model")):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--address", default=address)
+        command.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the service")
         command.set_defaults(run=_client_command(name))
 
     engine = sub.add_parser("engine", help="the llama-server binary")

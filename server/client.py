@@ -13,13 +13,23 @@ from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 _DIM, _RESET = ("\033[2m", "\033[0m") if sys.stderr.isatty() else ("", "")
 
 
-def _stub(address: str) -> pb_grpc.LlamaGateStub:
-    return pb_grpc.LlamaGateStub(grpc.insecure_channel(address))
+def _stub(address: str, connect_timeout: float = 5.0) -> pb_grpc.LlamaGateStub:
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=connect_timeout)
+    except grpc.FutureTimeoutError:
+        raise Unreachable(address) from None
+    return pb_grpc.LlamaGateStub(channel)
 
 
-def _fail(address: str, error: grpc.RpcError) -> int:
-    if error.code() == grpc.StatusCode.UNAVAILABLE and "llama-server" not in (error.details() or ""):
-        print(f"llamagate: cannot reach the service at {address} (is `llamagate serve` running?)", file=sys.stderr)
+class Unreachable(Exception):
+    def __str__(self) -> str:
+        return f"cannot reach the service at {self.args[0]} (is `llamagate serve` running?)"
+
+
+def _fail(error: grpc.RpcError | Unreachable) -> int:
+    if isinstance(error, Unreachable):
+        print(f"llamagate: {error}", file=sys.stderr)
     else:
         print(f"llamagate: {error.code().name}: {error.details()}", file=sys.stderr)
     return 1
@@ -29,18 +39,18 @@ def wait_until_ready(stub: pb_grpc.LlamaGateStub, timeout: float) -> pb.ModelInf
     """Wait while a model is LOADING (e.g. right after `serve` started)."""
     deadline = time.monotonic() + timeout
     while True:
-        info = stub.GetStatus(pb.GetStatusRequest(), wait_for_ready=True, timeout=max(1.0, timeout))
+        info = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
         if info.state != pb.MODEL_STATE_LOADING or time.monotonic() > deadline:
             return info
         time.sleep(0.25)
 
 
 def chat(args) -> int:
-    stub = _stub(args.address)
     messages = [pb.Message(role=pb.ROLE_SYSTEM, text=args.system)] if args.system else []
     messages.append(pb.Message(role=pb.ROLE_USER, text=args.prompt))
     sampling = pb.Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
     try:
+        stub = _stub(args.address, args.connect_timeout)
         wait_until_ready(stub, args.wait)
         for event in stub.Generate(pb.GenerateRequest(messages=messages, sampling=sampling)):
             kind = event.WhichOneof("event")
@@ -56,16 +66,16 @@ def chat(args) -> int:
                     f" {done.timings.predicted_per_second:.1f} tok/s]{_RESET}",
                     file=sys.stderr,
                 )
-    except grpc.RpcError as error:
-        return _fail(args.address, error)
+    except (grpc.RpcError, Unreachable) as error:
+        return _fail(error)
     return 0
 
 
 def status(args) -> int:
     try:
-        info = _stub(args.address).GetStatus(pb.GetStatusRequest(), timeout=10)
-    except grpc.RpcError as error:
-        return _fail(args.address, error)
+        info = _stub(args.address, args.connect_timeout).GetStatus(pb.GetStatusRequest(), timeout=10)
+    except (grpc.RpcError, Unreachable) as error:
+        return _fail(error)
     state = pb.ModelState.Name(info.state).removeprefix("MODEL_STATE_").lower()
     if info.state == pb.MODEL_STATE_EMPTY:
         print("no model loaded")
@@ -81,8 +91,8 @@ def status(args) -> int:
 
 def unload(args) -> int:
     try:
-        reply = _stub(args.address).UnloadModel(pb.UnloadModelRequest(), timeout=30)
-    except grpc.RpcError as error:
-        return _fail(args.address, error)
+        reply = _stub(args.address, args.connect_timeout).UnloadModel(pb.UnloadModelRequest(), timeout=30)
+    except (grpc.RpcError, Unreachable) as error:
+        return _fail(error)
     print(f"stopped llama-server pid {reply.pid}" if reply.was_loaded else "nothing was loaded")
     return 0
