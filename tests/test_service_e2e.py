@@ -217,3 +217,42 @@ def test_a_model_llama_server_cannot_load_fails_with_its_last_output(stub, llama
     assert "exited with code" in details and "last output" in details
     assert llama_server_children() == []
     assert stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY
+
+
+# ------------------------------------------------------------ cancellation
+
+
+def wait_until(predicate, timeout: float = 15.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_cancelling_a_generation_frees_the_slot_and_the_service_goes_on(stub, smollm2_path):
+    info = load(stub, smollm2_path, context_length=2048)[-1].model
+    call = stub.Generate(ask("Write a very long story about a llama.", max_tokens=1500))
+    first = next(call)
+    assert first.WhichOneof("event") in ("content_delta", "reasoning_delta")
+
+    call.cancel()
+
+    slots_url = f"{engine_url(info.pid)}/slots"
+    assert wait_until(lambda: not any(s["is_processing"] for s in httpx.get(slots_url, timeout=5).json()))
+    events = list(stub.Generate(ask("hi", max_tokens=4), timeout=60))
+    assert events[-1].WhichOneof("event") == "done"
+
+
+def test_cancelling_a_load_stops_its_child(stub, smollm2_path):
+    call = stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path)))
+    pid = next(e for e in call if e.phase == pb.LOAD_PHASE_STARTING).model.pid
+
+    call.cancel()
+
+    assert wait_until(lambda: not psutil.pid_exists(pid))
+    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY)
+    assert llama_server_children() == []
