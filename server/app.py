@@ -44,6 +44,10 @@ def clean_orphans(llama_cpp_dir: str | None = None) -> list[int]:
     return kill_orphans(dirs, binaries)
 
 
+class ListenError(Exception):
+    """The address to serve on is taken or invalid."""
+
+
 @dataclass
 class App:
     server: grpc.aio.Server
@@ -88,9 +92,10 @@ async def create_server(address: str = DEFAULT_ADDRESS, manager: ModelManager | 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"cannot listen on {address}")
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:  # grpc's way of saying the bind failed
+        raise ListenError(f"cannot listen on {address}: is another service using it?") from error
     await server.start()
     app = App(server, port, manager, health_servicer)
     app_holder.append(app)

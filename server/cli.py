@@ -79,22 +79,39 @@ def _serve(args) -> int:
 
 
 async def _serve_async(args) -> int:
-    from adapters.default_model import ensure_default_model
     from domain.errors import LlamagateError
-    from domain.model import LoadOptions
-    from server.app import build_manager, clean_orphans, create_server
+    from server.app import ListenError, clean_orphans
 
     clean_orphans(args.llama_cpp_dir)
+    try:
+        await _run_service(args)
+    except (LlamagateError, ListenError) as error:
+        print(f"llamagate: {error}", file=sys.stderr)
+        return 1
+    finally:
+        clean_orphans(args.llama_cpp_dir)
+    return 0
+
+
+async def _run_service(args) -> None:
+    from adapters.default_model import ensure_default_model
+    from domain.model import LoadOptions
+    from server.app import build_manager, create_server
+
     manager = build_manager(args.llama_cpp_dir)
     loading = None
     if not args.no_model:
         path = args.model or str(ensure_default_model())
-        options = LoadOptions(context_length=args.ctx, parallel=args.parallel)
-        loading = manager.load(path, options)
+        loading = manager.load(path, LoadOptions(context_length=args.ctx, parallel=args.parallel))
         # The first step marks the model LOADING before we listen, so an
         # early client waits for it instead of seeing "no model loaded".
         first = await anext(loading)
-    app = await create_server(args.listen, manager)
+    try:
+        app = await create_server(args.listen, manager)
+    except BaseException:
+        if loading:
+            await loading.aclose()
+        raise
     print(f"llamagate listening on {args.listen.rsplit(':', 1)[0]}:{app.port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -107,15 +124,10 @@ async def _serve_async(args) -> int:
                 ready = load_task.result()
                 print(f"model {ready.id} ready: context {ready.context_length}, pid {ready.pid}", flush=True)
         await stop.wait()
-    except LlamagateError as error:
-        print(f"llamagate: {error}", file=sys.stderr)
-        return 1
     finally:
         if load_task:
             load_task.cancel()
         await app.stop()
-        clean_orphans(args.llama_cpp_dir)
-    return 0
 
 
 def _client_command(name: str):
