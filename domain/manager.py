@@ -37,18 +37,19 @@ class ModelManager:
 
     async def load(self, path: str, options: LoadOptions) -> AsyncIterator[LoadEvent]:
         _check_options(options)
+        yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
+        # Bad input fails here, before the loaded model is touched.
+        facts = await asyncio.to_thread(self._inspector.inspect, path)
+        if options.mmproj_path:
+            await asyncio.to_thread(self._inspector.inspect, options.mmproj_path)
+        info, spec = self._plan(facts, options)
         async with self._lock:
             self._generation += 1
             generation = self._generation
-            await self._stop_engine()
-            self._info = ModelInfo(path=path, id=model_id(PurePath(path).name), state=ModelState.LOADING)
+            await self._stop_engine()  # free its memory before the new one loads
+            self._info = info
         ready = False
         try:
-            yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
-            facts = await asyncio.to_thread(self._inspector.inspect, path)
-            if options.mmproj_path:  # fail before launch, naming the projector
-                await asyncio.to_thread(self._inspector.inspect, options.mmproj_path)
-            info, spec = self._plan(facts, options)
             yield LoadEvent(LoadPhase.PLANNING, _plan_message(info, facts))
             engine = await self._spawn(generation, info, spec, options.chat_template)
             yield LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self._info)

@@ -95,7 +95,7 @@ async def _serve_async(args) -> int:
 
 async def _run_service(args) -> None:
     from adapters.default_model import ensure_default_model
-    from domain.model import LoadOptions
+    from domain.model import LoadOptions, LoadPhase
     from server.app import build_manager, create_server
 
     manager = build_manager(args.llama_cpp_dir)
@@ -103,9 +103,11 @@ async def _run_service(args) -> None:
     if not args.no_model:
         path = args.model or str(ensure_default_model())
         loading = manager.load(path, LoadOptions(context_length=args.ctx, parallel=args.parallel))
-        # The first step marks the model LOADING before we listen, so an
-        # early client waits for it instead of seeing "no model loaded".
+        # Once the file is resolved the model is LOADING; listen only then, so
+        # an early client waits for it instead of seeing "no model loaded".
         first = await anext(loading)
+        while first.phase is LoadPhase.RESOLVING:
+            first = await anext(loading)
     try:
         app = await create_server(args.listen, manager)
     except BaseException:

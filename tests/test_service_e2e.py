@@ -125,9 +125,11 @@ def test_a_load_started_while_another_loads_wins_and_leaves_one_child(stub, smol
 
     second = load(stub, smollm2_path, context_length=1024)
 
-    with pytest.raises(grpc.RpcError) as caught:
-        list(first)
-    assert caught.value.code() == grpc.StatusCode.CANCELLED
+    try:  # still loading when the second came: CANCELLED; already ready: replaced
+        assert list(first)[-1].phase == pb.LOAD_PHASE_READY
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.CANCELLED, error.details()
+        assert "superseded" in error.details()
     assert not psutil.pid_exists(first_pid)
     assert [p.pid for p in llama_server_children()] == [second[-1].model.pid]
 
@@ -184,10 +186,15 @@ def test_generate_without_a_model_is_failed_precondition(stub):
     assert "no model is loaded" in details
 
 
-def test_loading_a_missing_path_is_not_found(stub, tmp_path):
+def test_loading_a_missing_path_is_not_found_and_the_loaded_model_stays(stub, smollm2_path, tmp_path):
+    pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
     missing = tmp_path / "nope.gguf"
+
     details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(missing))), grpc.StatusCode.NOT_FOUND)
+
     assert str(missing) in details
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert (status.state, status.pid) == (pb.MODEL_STATE_READY, pid)
 
 
 def test_loading_a_file_that_is_not_gguf_is_invalid_argument_naming_it(stub, tmp_path):
@@ -195,6 +202,12 @@ def test_loading_a_file_that_is_not_gguf_is_invalid_argument_naming_it(stub, tmp
     bogus.write_text("these are not the weights you are looking for")
     details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(bogus))), grpc.StatusCode.INVALID_ARGUMENT)
     assert str(bogus) in details and "GGUF" in details
+
+
+def test_a_load_request_without_a_path_or_with_zero_slots_is_invalid_argument(stub):
+    assert "path" in assert_code(lambda: stub.LoadModel(pb.LoadModelRequest()), grpc.StatusCode.INVALID_ARGUMENT)
+    bad_threads = pb.LoadModelRequest(path="/x.gguf", options=pb.LoadOptions(threads=-2))
+    assert "threads" in assert_code(lambda: stub.LoadModel(bad_threads), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 @pytest.mark.parametrize("sampling", [{"max_tokens": -5}, {"temperature": -0.5}, {"top_p": 1.5}])
