@@ -10,8 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from adapters import paths
+
+# Tests never assert on time: a slow CI machine must not fail a property.
+settings.register_profile("llamagate", deadline=None)
+settings.load_profile("llamagate")
 
 
 def _require(path: Path, how: str) -> Path:
