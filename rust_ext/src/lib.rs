@@ -1,7 +1,7 @@
-use pyo3::prelude::*;
+//! Native core of llamagate. `gguf` is pure Rust; `python` is the thin
+//! PyO3 binding that `rust_ext._native` is built from.
 
-#[pymodule]
-fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    Ok(())
-}
+pub mod gguf;
+
+#[cfg(feature = "python")]
+mod python;

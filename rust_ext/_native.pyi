@@ -1,0 +1,92 @@
+"""Type stub of ``rust_ext._native``, the Rust extension (rust_ext/src/python.rs).
+
+Result of a complete scan (``"complete": True``)::
+
+    version           int            1, 2 or 3
+    tensor_count      int
+    kv_count          int
+    alignment         int            general.alignment, else 32
+    architecture      str | None     general.architecture
+    metadata          dict[str, int | float | bool | str]
+                                     every scalar key-value pair, in file order
+                                     (float32 values widened to float)
+    arrays            dict[str, {"type": str, "length": int, "values": list | None}]
+                                     every array: element type name ("uint8",
+                                     "int8", "uint16", "int16", "uint32", "int32",
+                                     "float32", "bool", "string", "uint64",
+                                     "int64", "float64" or "array"), length, and
+                                     the elements when asked for with
+                                     array_values (nested arrays: lists of lists)
+    chat_template     str | None     tokenizer.chat_template
+    split             {"count", "no", "tensors_count": int | None} | None
+                                     split.count, split.no, split.tensors.count
+    header_size       int            where the tensor data starts: the end of the
+                                     tensor infos, padded to the alignment
+    tensor_data_size  int            sum of the tensor sizes, each padded to the
+                                     alignment
+    tensors           list[{"name": str, "shape": list[int], "type": int,
+                            "offset": int, "n_bytes": int}] | None
+                                     with tensors=True: shape in GGUF order
+                                     (ne[0] first), ggml type id, data offset
+                                     relative to header_size, size in bytes
+    model             dict           what planning needs, from the keys
+                                     ARCH.* (ARCH = architecture), None when
+                                     absent: context_length, block_count,
+                                     head_count, head_count_kv,
+                                     expert_used_count (int, or list[int] per
+                                     layer), embedding_length, key_length,
+                                     value_length, sliding_window,
+                                     sliding_window_pattern (int period, or
+                                     list[bool] per layer, True = sliding),
+                                     full_attention_interval, kv_lora_rank,
+                                     key_length_mla, ssm_conv_kernel,
+                                     ssm_inner_size, ssm_state_size,
+                                     ssm_group_count, expert_count, vocab_size
+                                     (ARCH.vocab_size, else the length of
+                                     tokenizer.ggml.tokens), file_type
+                                     (general.file_type)
+
+``scan_bytes`` on a prefix of a longer header returns
+``{"complete": False, "bytes_needed": N}``: fetch at least N more bytes
+(N > 0) and scan the longer prefix again.
+"""
+
+from collections.abc import Collection
+from os import PathLike
+from typing import Any
+
+__version__: str
+
+class GGUFError(ValueError):
+    """Malformed GGUF data. ``str(e)`` is "GGUF error at byte N: reason";
+    a file that is not GGUF at all says "not a GGUF file"."""
+
+    offset: int
+    """The byte offset in the data where the problem was found."""
+
+def scan_file(
+    path: str | PathLike[str],
+    *,
+    tensors: bool = False,
+    array_values: bool | Collection[str] = False,
+) -> dict[str, Any]:
+    """Scan the GGUF header of a file, seeking past what it does not need
+    (array elements are read only for the keys in ``array_values``, or all
+    with ``True``). The GIL is released while scanning.
+
+    Raises GGUFError on malformed data, a truncated header, or tensor data
+    that would end past the end of the file; OSError (FileNotFoundError...)
+    when the file cannot be read."""
+
+def scan_bytes(
+    data: bytes | bytearray | memoryview,
+    *,
+    tensors: bool = False,
+    array_values: bool | Collection[str] = False,
+) -> dict[str, Any]:
+    """Scan a GGUF header held in memory: the whole file or a prefix of it.
+    ``bytes`` are scanned in place; other buffers are copied first. The GIL
+    is released while scanning.
+
+    Returns ``{"complete": False, "bytes_needed": N}`` for a prefix that ends
+    before the tensor infos do; raises GGUFError on malformed data."""
