@@ -281,6 +281,9 @@ _READS_SSM_GROUPS = {"mamba2", "falcon-h1", "granitehybrid", "plamo2", "qwen3nex
 _READS_SSM = _READS_SSM_GROUPS | {"mamba", "jamba"}
 _READS_MLA = {"deepseek2", "mistral4", "deepseek32", "glm-dsa", "kimi-linear", "dots3note", "bailingmoe3",
               "glm5-next", "hy_v4", "kimi-k3"}
+# create_memory gives these no memory at all (encoders, diffusion models)
+_NO_MEMORY = {"bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2", "jina-bert-v3",
+              "eurobert", "clef", "gemma-embedding", "wavtokenizer-dec", "dream", "llada", "llada-moe", "rnd1"}
 # special memories (llama-kv-cache-dsv4/msa, hybrid-idx, ...) we only approximate
 _UNMODELLED = {"deepseek4", "minimax-m3", "glm5-next", "hy_v4", "dots3note", "qwen4exp", "kimi-k3",
                "bailingmoe3", "gemma4-assistant", "dflash", "eagle3", "graniteswitch"}
@@ -314,7 +317,7 @@ def _kv_layers(h: _Header, n_layer: int, n_all: int, recurrent: Layers | None, n
     """Which layers ``create_memory`` gives an attention KV cache."""
     arch = h.arch
     rec = recurrent or (False,) * n_all
-    if arch in _RECURRENT:
+    if arch in _RECURRENT or arch in _NO_MEMORY:
         return (False,) * n_all
     if arch == "falcon-h1":  # attention and SSM side by side in every layer
         return (True,) * n_all
