@@ -103,23 +103,27 @@ class ModelMemory:
 
 
 @dataclass(frozen=True)
-class _Context:
+class ContextCells:
+    """What llama_context settles on: n_ctx (padded), cells per slot stream, micro-batch."""
+
     n_ctx: int
     n_ctx_seq: int
     n_ubatch: int
 
 
-def context_cells(context_length: int, parallel: int, *, unified: bool, n_batch: int = 2048, n_ubatch: int = 512) -> _Context:
+def context_cells(
+    context_length: int, parallel: int, *, unified: bool, n_batch: int = 2048, n_ubatch: int = 512
+) -> ContextCells:
     """``llama_context``'s n_ctx / n_ctx_seq / n_ubatch for a requested context."""
     batch = min(context_length, n_batch)  # causal attention: a batch never exceeds the context
     ubatch = min(batch, n_ubatch or batch)
     n_ctx = _pad(context_length)
     if unified:
-        return _Context(n_ctx, n_ctx, ubatch)
+        return ContextCells(n_ctx, n_ctx, ubatch)
     n_ctx_seq = _pad(n_ctx // parallel)  # then n_ctx is rounded to n_ctx_seq x slots
     if n_ctx_seq == 0:
         raise ValueError(f"a context of {context_length} cannot be split over {parallel} slots")
-    return _Context(n_ctx_seq * parallel, n_ctx_seq, ubatch)
+    return ContextCells(n_ctx_seq * parallel, n_ctx_seq, ubatch)
 
 
 def kv_cache_bytes(
@@ -188,7 +192,8 @@ def _check(shape: ModelShape, type_k: KvCacheType, type_v: KvCacheType, flash_at
         for kind, cache_type, width in (("K", type_k, shape.head_k(il)), ("V", type_v, shape.head_v(il))):
             block = _BLOCK[cache_type][1]
             if (flash_attn or kind == "K") and width % block:
-                raise ValueError(f"{kind} cache type {cache_type.value} needs head sizes in blocks of {block}, not {width}")
+                raise ValueError(
+                    f"{kind} cache type {cache_type.value} needs head sizes in blocks of {block}, not {width}")
 
 
 def _v_width(shape: ModelShape, il: int) -> int:

@@ -64,7 +64,8 @@ def assert_matches(est: KvEstimate, mem: ServerMemory, where: str) -> None:
         pytest.fail(f"{where}: llama-server printed no cache sizes; its log ends:\n{mem.log[-3000:]}")
     expected = {"main": (est.k_bytes, est.v_bytes, est.cells, est.kv_layers)}
     if est.swa_cells:
-        expected = {"non-SWA": expected["main"], "SWA": (est.swa_k_bytes, est.swa_v_bytes, est.swa_cells, est.swa_layers)}
+        swa = (est.swa_k_bytes, est.swa_v_bytes, est.swa_cells, est.swa_layers)
+        expected = {"non-SWA": expected["main"], "SWA": swa}
     if est.indexer_bytes:
         expected["indexer"] = (est.indexer_bytes, 0, est.cells, None)
     if not mem.kv:

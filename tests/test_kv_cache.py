@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.kv_cache import context_cells, is_quantized, kv_cache_bytes, row_bytes
+from domain.kv_cache import ModelMemory, context_cells, is_quantized, kv_cache_bytes, row_bytes
 from domain.model import KvCacheType
 from domain.model_shape import ModelShape, shape_from_header, swa_pattern
 
@@ -194,6 +194,12 @@ def test_a_quantized_v_cache_without_flash_attention_is_refused():
     shape = ModelShape("llama", block_count=1, embedding_length=128, head_count=1)
     with pytest.raises(ValueError, match="flash attention"):
         kv_cache_bytes(shape, context_length=256, cache_type_v="q8_0", flash_attn=False)
+
+
+def test_a_vision_projector_is_counted_whole_on_top_of_weights_and_caches():
+    kv = kv_cache_bytes(ModelShape("llama", block_count=1, embedding_length=64, head_count=1), context_length=256)
+    memory = ModelMemory(weights_bytes=100 * MIB, kv=kv, projector_bytes=600 * MIB)
+    assert memory.total_bytes == 700 * MIB + kv.total_bytes == 700 * MIB + 64 * 2 * 2 * 256
 
 
 def _header(arch: str, **fields) -> dict:
