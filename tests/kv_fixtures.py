@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,14 +88,16 @@ def server_memory(server: Path, model: Path, *, context: int, parallel: int, ext
     lines: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=child_environment(server))
-    deadline = time.monotonic() + timeout
+    watchdog = threading.Timer(timeout, proc.kill)  # a server that hangs silently still ends the read
+    watchdog.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             lines.append(line)
-            if _DONE.search(line) or time.monotonic() > deadline:
+            if _DONE.search(line):
                 break
     finally:
+        watchdog.cancel()
         proc.kill()
         proc.wait(timeout=30)
     return parse_memory("".join(lines))
