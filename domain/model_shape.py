@@ -162,7 +162,7 @@ def shape_from_header(header: dict[str, Any]) -> ModelShape:
     key_length, value_length = _head_lengths(h, int(m["embedding_length"]), heads[0])
     mla = h.arch in _READS_MLA
     indexer = _indexer_layers(h, n_all - nextn, n_all)
-    exact = h.arch not in _UNMODELLED and not (h.arch == "glm-dsa" and not h.has("attention.indexer.types"))
+    exact = h.arch not in _UNMODELLED
     return ModelShape(
         architecture=h.arch,
         block_count=n_all,
@@ -343,9 +343,17 @@ def _indexer_layers(h: _Header, n_layer: int, n_all: int) -> Layers | None:
     if h.arch == "deepseek32":
         return tuple(il < n_layer for il in range(n_all))
     if h.arch == "glm-dsa":
-        listed = h.per_layer("attention.indexer.types", n_all) or (1,) * n_all
+        listed = h.per_layer("attention.indexer.types", n_all) or _glm_dsa_default_indexers(h, n_all)
         return tuple(il < n_layer and bool(listed[il]) for il in range(n_all))
     return None
+
+
+def _glm_dsa_default_indexers(h: _Header, n_all: int) -> tuple[int, ...]:
+    """GLM-5/5.1 files (trained context < 1M) index every layer; GLM-5.2's
+    GLM_5_2_DEFAULT_INDEXER_TYPES indexes layers 0, 1, then every 4th up to 81."""
+    if int(h.model.get("context_length") or 0) < 1048576:
+        return (1,) * n_all
+    return tuple(int(il < 2 or (il < 82 and (il - 2) % 4 == 0)) for il in range(n_all))
 
 
 def _recurrent_dims(h: _Header, key_length: int) -> dict[str, int]:

@@ -145,6 +145,17 @@ def test_mla_caches_only_the_576_wide_latent_and_leaves_out_the_nextn_layer():
     assert est.k_bytes == 61 * 576 * 2 * 163840
 
 
+def test_glm_5_2_without_indexer_types_indexes_the_layers_of_llama_cpp_default_table():
+    header = _header("glm-dsa", block_count=6, head_count=64, head_count_kv=1, embedding_length=6144,
+                     key_length=576, value_length=512, key_length_mla=256, value_length_mla=256,
+                     context_length=1048576)
+    header["metadata"]["glm-dsa.attention.indexer.key_length"] = 128
+    shape = shape_from_header(header)
+    assert shape.indexer_layers == (True, True, True, False, False, False)
+    est = kv_cache_bytes(shape, context_length=4096)
+    assert est.indexer_bytes == 3 * 128 * 2 * 4096
+
+
 def test_mla_refuses_different_k_and_v_types_like_llama_cpp():
     header = _header("deepseek2", block_count=2, head_count=1, head_count_kv=1, embedding_length=128,
                      key_length=576, value_length=512, key_length_mla=192, value_length_mla=128)
@@ -206,7 +217,7 @@ def _header(arch: str, **fields) -> dict:
     """A scanner-shaped header: the "model" dict plus the arch's metadata keys."""
     model_keys = {"block_count", "head_count", "head_count_kv", "embedding_length", "key_length", "value_length",
                   "sliding_window", "kv_lora_rank", "key_length_mla", "ssm_conv_kernel", "ssm_inner_size",
-                  "ssm_state_size", "ssm_group_count", "full_attention_interval"}
+                  "ssm_state_size", "ssm_group_count", "full_attention_interval", "context_length"}
     meta_names = {"key_length": "attention.key_length", "value_length": "attention.value_length",
                   "sliding_window": "attention.sliding_window", "key_length_mla": "attention.key_length_mla",
                   "value_length_mla": "attention.value_length_mla", "kv_lora_rank": "attention.kv_lora_rank",
