@@ -69,7 +69,7 @@ class KvEstimate:
     cells: int  # cells per stream of the full-attention cache (n_ctx_seq)
     swa_cells: int
     streams: int  # 1 when unified, else one per slot
-    recurrent_rows: int
+    recurrent_rows: int  # state rows per recurrent layer: max(1, slots) x (1 + n_rs_seq)
     kv_layers: int
     swa_layers: int
     recurrent_layers: int
@@ -167,7 +167,7 @@ def kv_cache_bytes(
     k, v = _kv(shape, full, type_k, type_v, v_pad, ctx.n_ctx_seq * streams)
     swa_k, swa_v = _kv(shape, sliding, type_k, type_v, v_pad, swa_cells * streams)
     indexer = _indexer(shape, type_k, ctx.n_ctx_seq * streams)
-    rows = max(1, parallel) * (1 + rollback_tokens)
+    rows = max(1, parallel) * (1 + (rollback_tokens if shape.rollback else 0))  # llama_context clamps n_rs_seq
     recurrent = [il for il in range(shape.block_count - shape.nextn_layers) if shape.is_recurrent(il)]
     r = len(recurrent) * _F32 * n_embd_r(shape) * rows
     s = len(recurrent) * _F32 * n_embd_s(shape) * rows

@@ -51,6 +51,7 @@ class ModelShape:
     shortconv_l_cache: int = 0
     kda_head_dim: int = 0
     linear_attention_head_dim: int = 0
+    rollback: bool = False  # llm_arch_supports_rs_rollback: keeps n_rs_seq state snapshots
     indexer_key_length: int = 0  # DSA lightning-indexer key cache (DeepSeek-V3.2)
     indexer_layers: Layers | None = None
     context_length: int = 0  # the trained context (n_ctx_train)
@@ -182,6 +183,7 @@ def shape_from_header(header: dict[str, Any]) -> ModelShape:
         kv_layers=_kv_layers(h, n_all - nextn, n_all, recurrent, nextn),
         recurrent_layers=recurrent,
         **_recurrent_dims(h, key_length),
+        rollback=h.arch in _ROLLBACK,
         indexer_key_length=h.get("attention.indexer.key_length") if indexer else 0,
         indexer_layers=indexer,
         context_length=int(m.get("context_length") or 0),
@@ -274,9 +276,12 @@ def _pattern(h: _Header, period: int | None, dense_first: bool, n_layer: int, n_
 # -- recurrent layers -----------------------------------------------------------------------------
 
 _RECURRENT = {"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"}  # llm_arch_is_recurrent
-_RECURRENT_BY_ZERO_KV_HEADS = {"jamba", "granitehybrid", "plamo2", "lfm2", "lfm2moe", "kimi-linear"}
+_KDA = {"kimi-linear", "kimi-k3", "bailingmoe3"}  # MLA attention + Kimi delta attention
+_RECURRENT_BY_ZERO_KV_HEADS = {"jamba", "granitehybrid", "plamo2", "lfm2", "lfm2moe"} | _KDA
 _RECURRENT_BY_INTERVAL = {"qwen3next": 4, "qwen35": 4, "qwen35moe": 4, "minimax-01": 8}
 _NEMOTRON_H = {"nemotron_h", "nemotron_h_moe"}
+_ROLLBACK = {"kimi-k3", "qwen35", "qwen35moe", "qwen4exp", "deepseek4", "glm5-next", "nemotron_h", "nemotron_h_moe",
+             "lfm2", "lfm2moe", "bailingmoe3"}
 _READS_SSM_GROUPS = {"mamba2", "falcon-h1", "granitehybrid", "plamo2", "qwen3next", "qwen35", "qwen35moe"} | _NEMOTRON_H
 _READS_SSM = _READS_SSM_GROUPS | {"mamba", "jamba"}
 _READS_MLA = {"deepseek2", "mistral4", "deepseek32", "glm-dsa", "kimi-linear", "dots3note", "bailingmoe3",
@@ -285,8 +290,8 @@ _READS_MLA = {"deepseek2", "mistral4", "deepseek32", "glm-dsa", "kimi-linear", "
 _NO_MEMORY = {"bert", "modern-bert", "nomic-bert", "nomic-bert-moe", "neo-bert", "jina-bert-v2", "jina-bert-v3",
               "eurobert", "clef", "gemma-embedding", "wavtokenizer-dec", "dream", "llada", "llada-moe", "rnd1"}
 # special memories (llama-kv-cache-dsv4/msa, hybrid-idx, ...) we only approximate
-_UNMODELLED = {"deepseek4", "minimax-m3", "glm5-next", "hy_v4", "dots3note", "qwen4exp", "kimi-k3",
-               "bailingmoe3", "gemma4-assistant", "dflash", "eagle3", "graniteswitch"}
+_UNMODELLED = {"deepseek4", "minimax-m3", "glm5-next", "hy_v4", "dots3note", "qwen4exp", "gemma4-assistant",
+               "dflash", "eagle3", "graniteswitch"}
 
 
 def _recurrent_layers(h: _Header, n_layer: int, n_all: int, heads_kv: tuple[int, ...]) -> Layers | None:
@@ -372,7 +377,7 @@ def _recurrent_dims(h: _Header, key_length: int) -> dict[str, int]:
         dims.update(rwkv_head_size=h.get("wkv.head_size"), token_shift_count=h.get("token_shift_count", 2))
     if arch in ("lfm2", "lfm2moe"):
         dims["shortconv_l_cache"] = h.get("shortconv.l_cache")
-    if arch == "kimi-linear":
+    if arch in _KDA:
         dims.update(ssm_conv_kernel=h.get("ssm.conv_kernel"), kda_head_dim=h.get("kda.head_dim"))
     if arch == "minimax-01":  # n_embd_head_la = n_embd_head_k_full
         dims["linear_attention_head_dim"] = key_length

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.engine
 SETTINGS = [(3000, 1), (3000, 3), (8192, 1), (8192, 3)]  # (-c, --parallel): 3000 is not a multiple of 256
 SYNTHETIC = [
     "gemma3", "gpt-oss", "cohere2",  # sliding-window attention
-    "deepseek2", "deepseek32", "glm-dsa", "kimi-linear",  # MLA (+ DSA indexer, + KDA recurrent)
+    "deepseek2", "deepseek32", "glm-dsa", "kimi-linear", "kimi-k3",  # MLA (+ DSA indexer, + KDA recurrent)
     "qwen35", "qwen3next", "nemotron_h", "jamba", "falcon-h1", "granitehybrid", "lfm2", "minimax-01",  # hybrids
     "mamba2", "llama", "dream",  # no memory at all
 ]

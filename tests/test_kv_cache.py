@@ -173,6 +173,17 @@ def test_qwen3_next_caches_every_fourth_layer_and_keeps_delta_net_state_per_slot
     assert est.s_bytes == 36 * 4 * 128 * 4096 * 4
 
 
+def test_rollback_snapshots_multiply_recurrent_state_only_where_llama_cpp_supports_them():
+    fields = dict(block_count=4, head_count=16, head_count_kv=[0, 0, 0, 2], embedding_length=2048, key_length=256,
+                  value_length=256, full_attention_interval=4, ssm_conv_kernel=4, ssm_inner_size=4096,
+                  ssm_state_size=128, ssm_group_count=16)
+    for arch, factor in (("qwen35", 4), ("jamba", 1)):  # Qwen3.5 keeps n_rs_seq snapshots, Jamba is clamped to 0
+        shape = shape_from_header(_header(arch, **fields))
+        plain, drafted = (kv_cache_bytes(shape, context_length=4096, rollback_tokens=n) for n in (0, 3))
+        assert drafted.recurrent_bytes == factor * plain.recurrent_bytes > 0
+        assert drafted.kv_bytes == plain.kv_bytes
+
+
 def test_nemotron_h_gives_the_mlp_only_layers_neither_cache():
     header = _header("nemotron_h", block_count=4, head_count=8, head_count_kv=[0, 8, 0, 0], embedding_length=1024,
                      key_length=128, value_length=128, ssm_conv_kernel=4, ssm_inner_size=2048,
