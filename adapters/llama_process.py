@@ -18,7 +18,9 @@ import httpx
 import psutil
 
 from adapters.engine_discovery import child_environment, find_llama_server
+from adapters.memory_probe import is_rocm
 from domain.errors import EngineFailed
+from domain.gpus import pin_environment
 from domain.launch import LaunchSpec, server_arguments
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ class LlamaServerLauncher:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=child_environment(binary),
+            env=_pinned(child_environment(binary), spec.gpus),
             start_new_session=True,  # its own process group: we stop the whole group
         )
         return LlamaServerProcess(
@@ -73,6 +75,11 @@ class LlamaServerLauncher:
             stop_grace=self._stop_grace,
             poll_interval=self._poll_interval,
         )
+
+
+def _pinned(env: dict[str, str], gpus: tuple[int, ...]) -> dict[str, str]:
+    """The planned GPUs only; an empty plan leaves the service's own view."""
+    return pin_environment(env, gpus, rocm=is_rocm()) if gpus else env
 
 
 def _write_template(text: str) -> Path:

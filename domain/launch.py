@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from domain.model import KvCacheType, Speculative
+from pathlib import PurePath
+
+from domain.capabilities import capabilities_from_template, launch_template_kwargs
+from domain.load_plan import LoadPlan
+from domain.model import KvCacheType, LoadOptions, ModelInfo, ModelState, Speculative
+from domain.shards import model_id
 
 # llama.cpp renamed the ngram-mod knobs; the values are SPEC §15's.
 _SPECULATIVE_FLAGS: dict[Speculative, tuple[str, ...]] = {
@@ -35,6 +40,7 @@ class LaunchSpec:
     speculative: Speculative = Speculative.OFF
     mmproj_path: str | None = None
     host: str = "127.0.0.1"
+    gpus: tuple[int, ...] = ()  # physical ids to pin the child to; () = as the service sees them
 
 
 def server_arguments(spec: LaunchSpec) -> list[str]:
@@ -64,3 +70,38 @@ def server_arguments(spec: LaunchSpec) -> list[str]:
     else:  # never speculate on vision models (SPEC §15)
         args += _SPECULATIVE_FLAGS[spec.speculative]
     return args
+
+
+def launch_from_plan(load_plan: LoadPlan, options: LoadOptions) -> tuple[ModelInfo, LaunchSpec]:
+    """The ModelInfo a load will report and the command line that realises its plan."""
+    facts, plan = load_plan.facts, load_plan.plan
+    mid = model_id(PurePath(facts.path).name)
+    template = options.chat_template or facts.chat_template
+    caps = capabilities_from_template(template, mid, vision=bool(options.mmproj_path))
+    info = ModelInfo(
+        id=mid,
+        path=facts.path,
+        architecture=facts.architecture,
+        native_context_length=facts.native_context_length,
+        context_length=plan.context_length,
+        capabilities=caps,
+        cache_type=options.cache_type,
+        state=ModelState.LOADING,
+        parallel=options.parallel,
+        has_chat_template=bool(template),
+        size_bytes=facts.size_bytes,
+    )
+    spec = LaunchSpec(
+        model_path=facts.path,
+        port=0,  # chosen at spawn time, under the lock
+        context_length=plan.context_length,
+        parallel=options.parallel,
+        threads=options.threads,
+        cache_type=options.cache_type,
+        offload_all=plan.offload_all,
+        template_kwargs=launch_template_kwargs(caps, mid),
+        speculative=options.speculative,
+        mmproj_path=options.mmproj_path or None,
+        gpus=plan.gpus,
+    )
+    return info, spec

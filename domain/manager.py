@@ -12,21 +12,26 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import PurePath
 
-from domain.capabilities import capabilities_from_template, launch_template_kwargs, merge_server_caps
+from domain.capabilities import merge_server_caps
 from domain.chat import GenerateEvent, GenerateRequest
 from domain.errors import EngineFailed, InvalidArgument, NoModelLoaded, Superseded
 from domain.generation import StreamFolder, chat_body, validate
-from domain.launch import LaunchSpec
+from domain.gpus import GpuInfo
+from domain.launch import LaunchSpec, launch_from_plan
+from domain.load_plan import LoadPlan, plan_load
 from domain.model import LoadEvent, LoadOptions, LoadPhase, ModelFacts, ModelInfo, ModelState
-from domain.ports import ChatEngine, EngineLauncher, EngineProcess, ModelInspector
+from domain.ports import ChatEngine, EngineLauncher, EngineProcess, MemoryProbe, ModelInspector
 from domain.shards import model_id
 
 
 class ModelManager:
-    def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, chat: ChatEngine) -> None:
+    def __init__(
+        self, inspector: ModelInspector, launcher: EngineLauncher, chat: ChatEngine, memory: MemoryProbe
+    ) -> None:
         self._inspector = inspector
         self._launcher = launcher
         self._chat = chat
+        self._memory = memory
         self._lock = asyncio.Lock()
         self._generation = 0
         self._engine: EngineProcess | None = None
@@ -35,22 +40,40 @@ class ModelManager:
     def status(self) -> ModelInfo:
         return self._info
 
+    async def plan(self, path: str, options: LoadOptions, gpus: list[GpuInfo] | None = None) -> LoadPlan:
+        """What a load would do now; ``gpus`` plans for those instead of ours."""
+        _check_options(options)
+        facts, projector = await self._inspect(path, options)
+        return await asyncio.to_thread(self._plan, facts, options, projector, gpus)
+
+    async def _inspect(self, path: str, options: LoadOptions) -> tuple[ModelFacts, int]:
+        facts = await asyncio.to_thread(self._inspector.inspect, path)
+        projector = 0
+        if options.mmproj_path:
+            projector = (await asyncio.to_thread(self._inspector.inspect, options.mmproj_path)).size_bytes
+        return facts, projector
+
+    def _plan(self, facts: ModelFacts, options: LoadOptions, projector: int, gpus: list[GpuInfo] | None) -> LoadPlan:
+        simulated = gpus is not None
+        found = gpus if simulated else self._memory.gpus()
+        host = 0 if found else self._memory.host_free_bytes()
+        return plan_load(facts, options, found, host, projector_bytes=projector, simulated=simulated)
+
     async def load(self, path: str, options: LoadOptions) -> AsyncIterator[LoadEvent]:
         _check_options(options)
         yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
         # Bad input fails here, before the loaded model is touched.
-        facts = await asyncio.to_thread(self._inspector.inspect, path)
-        if options.mmproj_path:
-            await asyncio.to_thread(self._inspector.inspect, options.mmproj_path)
-        info, spec = self._plan(facts, options)
+        facts, projector = await self._inspect(path, options)
         async with self._lock:
             self._generation += 1
             generation = self._generation
-            await self._stop_engine()  # free its memory before the new one loads
-            self._info = info
+            await self._stop_engine()  # free its memory before measuring what is free
+            self._info = ModelInfo(path=facts.path, id=model_id(PurePath(facts.path).name), state=ModelState.LOADING)
         ready = False
         try:
-            yield LoadEvent(LoadPhase.PLANNING, _plan_message(info, facts))
+            load_plan = await asyncio.to_thread(self._plan, facts, options, projector, None)
+            info, spec = launch_from_plan(load_plan, options)
+            yield LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan)
             engine = await self._spawn(generation, info, spec, options.chat_template)
             yield LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self._info)
             async for event in self._progress(generation, engine, facts.size_bytes):
@@ -61,37 +84,6 @@ class ModelManager:
         finally:
             if not ready:  # failed, cancelled by the caller, or superseded
                 await self._abandon(generation)
-
-    def _plan(self, facts: ModelFacts, options: LoadOptions) -> tuple[ModelInfo, LaunchSpec]:
-        mid = model_id(PurePath(facts.path).name)
-        template = options.chat_template or facts.chat_template
-        caps = capabilities_from_template(template, mid, vision=bool(options.mmproj_path))
-        context = options.context_length or facts.native_context_length
-        info = ModelInfo(
-            id=mid,
-            path=facts.path,
-            architecture=facts.architecture,
-            native_context_length=facts.native_context_length,
-            context_length=context,
-            capabilities=caps,
-            cache_type=options.cache_type,
-            state=ModelState.LOADING,
-            parallel=options.parallel,
-            has_chat_template=bool(template),
-            size_bytes=facts.size_bytes,
-        )
-        spec = LaunchSpec(
-            model_path=facts.path,
-            port=0,  # chosen at spawn time, under the lock
-            context_length=context,
-            parallel=options.parallel,
-            threads=options.threads,
-            cache_type=options.cache_type,
-            template_kwargs=launch_template_kwargs(caps, mid),
-            speculative=options.speculative,
-            mmproj_path=options.mmproj_path or None,
-        )
-        return info, spec
 
     async def _spawn(self, generation: int, info: ModelInfo, spec: LaunchSpec, template: str) -> EngineProcess:
         async with self._lock:
@@ -183,9 +175,10 @@ def _not_ready_message(info: ModelInfo) -> str:
     return "no model is loaded; call LoadModel first"
 
 
-def _plan_message(info: ModelInfo, facts: ModelFacts) -> str:
-    native = facts.native_context_length
+def _plan_message(info: ModelInfo, load_plan: LoadPlan) -> str:
+    plan = load_plan.plan
+    where = f"GPU {','.join(map(str, plan.gpus))}" if plan.gpus else ("--fit on" if not plan.fits else "CPU")
     return (
-        f"{info.architecture} model, {facts.size_bytes} bytes; context {info.context_length}"
-        f" (native {native}), {info.parallel} slot(s), KV cache {info.cache_type.value}"
+        f"{info.architecture} model: context {info.context_length} (native {info.native_context_length}),"
+        f" {info.parallel} slot(s), KV cache {info.cache_type.value}, on {where}; " + "; ".join(plan.reasons)
     )

@@ -5,6 +5,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
+from domain.model_shape import ModelShape
+
+if TYPE_CHECKING:  # load_plan builds on this module
+    from domain.load_plan import LoadPlan
+
 
 class KvCacheType(enum.Enum):
     """KV cache element types, valued as llama-server's --cache-type-k/v names."""
@@ -59,6 +66,8 @@ class ModelFacts:
     native_context_length: int
     chat_template: str | None
     size_bytes: int  # all shards together
+    shape: ModelShape | None = None  # None: too little metadata to estimate the KV cache
+    shape_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,3 +112,4 @@ class LoadEvent:
     bytes_loaded: int = 0
     bytes_total: int = 0
     model: ModelInfo | None = None
+    plan: LoadPlan | None = None  # PLANNING

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from domain.chat import ChatChunk
+from domain.gpus import GpuInfo
 from domain.launch import LaunchSpec
 from domain.model import ModelFacts
 
@@ -13,6 +14,14 @@ from domain.model import ModelFacts
 class ModelInspector(Protocol):
     def inspect(self, path: str) -> ModelFacts:
         """Read the GGUF header. Raises ModelNotFound or InvalidModel."""
+
+
+class MemoryProbe(Protocol):
+    def gpus(self) -> list[GpuInfo]:
+        """The GPUs this service may use, with their free memory now."""
+
+    def host_free_bytes(self) -> int:
+        """System memory available now (the pool when there is no GPU)."""
 
 
 class EngineProcess(Protocol):

@@ -17,6 +17,7 @@ from adapters.engine_discovery import find_llama_server
 from adapters.gguf_inspector import GgufInspector
 from adapters.llama_http import LlamaHttpClient
 from adapters.llama_process import LlamaServerLauncher
+from adapters.memory_probe import SystemMemory
 from adapters.orphans import kill_orphans
 from domain.manager import ModelManager
 from domain.model import LoadEvent, LoadPhase, ModelInfo
@@ -32,7 +33,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LlamaGate"].full_name
 
 def build_manager(llama_cpp_dir: str | None = None, **launcher_options) -> ModelManager:
     launcher = LlamaServerLauncher(lambda: find_llama_server(llama_cpp_dir=llama_cpp_dir), **launcher_options)
-    return ModelManager(GgufInspector(), launcher, LlamaHttpClient())
+    return ModelManager(GgufInspector(), launcher, LlamaHttpClient(), SystemMemory())
 
 
 def clean_orphans(llama_cpp_dir: str | None = None) -> list[int]:

@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     install = engine_sub.add_parser("install", help="build llama-server from source (cached)")
     install.add_argument("--backend", choices=("cpu", "cuda"), help="default: cuda when nvcc is found")
     install.add_argument("--force", action="store_true", help="rebuild even if cached")
+    install.add_argument("--test-tools", action="store_true", help="also build test-llama-archs (for the test suite)")
     install.set_defaults(run=_engine_install)
     where = engine_sub.add_parser("path", help="print the llama-server that would be used")
     where.set_defaults(run=_engine_path)
@@ -69,7 +70,17 @@ def _parser() -> argparse.ArgumentParser:
     default = model_sub.add_parser("default", help="fetch the embedded default model; print its path")
     default.set_defaults(run=_model_default)
 
+    plan = sub.add_parser("plan", help="show how a model would be loaded: context, GPUs, memory")
+    plan.add_argument("model", help="GGUF file")
+    plan.add_argument("--ctx", type=int, default=0, help="context length (0 = automatic, up to native)")
+    plan.add_argument("--parallel", type=int, default=1, help="parallel slots")
+    plan.add_argument("--cache-type", default="f16", help="KV cache type: f32 f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 iq4_nl")
+    plan.add_argument("--mmproj", default="", help="vision projector GGUF (its size counts)")
+    plan.add_argument("--gpus", help="simulate GPUs as INDEX:FREE_MIB,... e.g. 0:24576,1:24576")
+    plan.set_defaults(run=_plan)
+
     setup = sub.add_parser("setup", help="engine install + default model: everything serve needs")
+    setup.add_argument("--test-tools", action="store_true", help="also build what the test suite needs")
     setup.set_defaults(run=_setup)
     return parser
 
@@ -144,7 +155,7 @@ def _client_command(name: str):
 def _engine_install(args) -> int:
     from adapters.engine_install import install_engine
 
-    install_engine(backend=args.backend, force=args.force)
+    install_engine(backend=args.backend, force=args.force, test_tools=args.test_tools)
     return 0
 
 
@@ -167,11 +178,42 @@ def _model_default(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    from domain.errors import LlamagateError
+    from domain.model import KvCacheType, LoadOptions
+    from server.app import build_manager
+    from server.plan_table import render_plan
+
+    try:
+        options = LoadOptions(context_length=args.ctx, parallel=args.parallel,
+                              cache_type=KvCacheType(args.cache_type), mmproj_path=args.mmproj)
+        gpus = parse_gpus(args.gpus) if args.gpus else None
+        load_plan = asyncio.run(build_manager().plan(args.model, options, gpus))
+    except (LlamagateError, ValueError) as error:
+        print(f"llamagate: {error}", file=sys.stderr)
+        return 1
+    print(render_plan(load_plan))
+    return 0
+
+
+def parse_gpus(text: str) -> list:
+    """``0:24576,1:24576`` -> simulated GPUs with that many MiB free."""
+    from domain.gpus import MIB, GpuInfo
+
+    gpus = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        index, _, free = item.partition(":")
+        if not (index.isdigit() and free.isdigit()):
+            raise ValueError(f"--gpus: {item!r} is not INDEX:FREE_MIB")
+        gpus.append(GpuInfo(int(index), int(free) * MIB))
+    return gpus
+
+
 def _setup(args) -> int:
     from adapters.default_model import ensure_default_model
     from adapters.engine_install import install_engine
 
-    install_engine()
+    install_engine(test_tools=args.test_tools)
     ensure_default_model()
     return 0
 

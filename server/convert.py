@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from domain import chat
 from domain.errors import InvalidArgument
+from domain.gpus import GpuInfo
+from domain.kv_cache import KvEstimate
+from domain.load_plan import LoadPlan
 from domain.model import (
     Capabilities,
     KvCacheType,
@@ -76,7 +79,7 @@ def _enum(table: dict, value: int, field: str):
         raise InvalidArgument(f"{field} has an unknown value {value}") from None
 
 
-def load_request(request: pb.LoadModelRequest) -> tuple[str, LoadOptions]:
+def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[str, LoadOptions]:
     if request.WhichOneof("source") != "path" or not request.path:
         raise InvalidArgument("source.path is required: the GGUF file to load")
     o = request.options
@@ -91,6 +94,48 @@ def load_request(request: pb.LoadModelRequest) -> tuple[str, LoadOptions]:
     )
 
 
+def plan_request(request: pb.PlanModelRequest) -> tuple[str, LoadOptions, list[GpuInfo] | None]:
+    path, options = load_request(request)
+    gpus = [GpuInfo(g.index, g.free_bytes) for g in request.gpus] or None
+    if gpus and len({g.index for g in gpus}) != len(gpus):
+        raise InvalidArgument("gpus: each simulated GPU index may appear once")
+    return path, options, gpus
+
+
+def plan(load_plan: LoadPlan) -> pb.Plan:
+    p, facts, kv = load_plan.plan, load_plan.facts, load_plan.kv
+    return pb.Plan(
+        architecture=facts.architecture,
+        native_context_length=facts.native_context_length,
+        context_length=p.context_length,
+        gpus=list(p.gpus),
+        offload_all=p.offload_all,
+        fits=p.fits,
+        weights_bytes=p.weights_bytes,
+        kv=_kv(kv, p.kv_bytes),
+        shares=[pb.GpuShare(index=s.index, free_bytes=s.free_bytes, budget_bytes=s.budget_bytes,
+                            weights_bytes=s.weights_bytes, kv_bytes=s.kv_bytes, reserve_bytes=s.reserve_bytes)
+                for s in p.shares],
+        ceiling_context_length=p.ceiling_context,
+        reasons=list(p.reasons),
+        simulated=load_plan.simulated,
+    )
+
+
+def _kv(kv: KvEstimate | None, total: int) -> pb.KvBreakdown:
+    if kv is None:
+        return pb.KvBreakdown(total_bytes=total, method="no estimate: the header lacks the model's shape")
+    return pb.KvBreakdown(
+        k_bytes=kv.k_bytes + kv.indexer_bytes,
+        v_bytes=kv.v_bytes,
+        swa_k_bytes=kv.swa_k_bytes,
+        swa_v_bytes=kv.swa_v_bytes,
+        recurrent_bytes=kv.recurrent_bytes,
+        total_bytes=kv.total_bytes,
+        method=kv.explanation,
+    )
+
+
 def load_event(event: LoadEvent) -> pb.LoadEvent:
     message = pb.LoadEvent(
         phase=_PHASE[event.phase],
@@ -100,6 +145,8 @@ def load_event(event: LoadEvent) -> pb.LoadEvent:
     )
     if event.model is not None:
         message.model.CopyFrom(model_info(event.model))
+    if event.plan is not None:
+        message.plan.CopyFrom(plan(event.plan))
     return message
 
 

@@ -61,3 +61,10 @@ class LlamaGateService(pb_grpc.LlamaGateServicer):
                     yield convert.generate_event(event)
         except LlamagateError as error:
             await _abort(context, error)
+
+    async def PlanModel(self, request: pb.PlanModelRequest, context) -> pb.Plan:
+        try:
+            path, options, gpus = convert.plan_request(request)
+            return convert.plan(await self._manager.plan(path, options, gpus))
+        except LlamagateError as error:
+            await _abort(context, error)

@@ -10,8 +10,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters import paths
 from adapters.engine_discovery import child_environment
+from adapters.engine_install import installed
 
 MIB = 1024 * 1024
 
@@ -104,9 +104,9 @@ def server_memory(server: Path, model: Path, *, context: int, parallel: int, ext
 
 
 def archs_tool() -> Path | None:
-    """The built test-llama-archs (``adapters.engine_install.install_test_tools``)."""
+    """The built test-llama-archs (``llamagate engine install --test-tools``)."""
     for backend in ("cuda", "cpu"):
-        candidate = paths.engine_build_dir(backend) / "bin" / "test-llama-archs"
+        candidate = installed(backend, "test-llama-archs")
         if candidate.is_file():
             return candidate
     return None

@@ -19,3 +19,9 @@ def test_nothing_is_downloaded_at_build_time_and_cuda_is_opt_in():
     assert "-DLLAMA_USE_PREBUILT_UI=OFF" in args and "-DLLAMA_OPENSSL=OFF" in args
     assert "-DGGML_CUDA=ON" in args
     assert not any("AVX512" in a for a in args)
+
+
+def test_test_tools_switch_on_llama_cpps_tests_and_stay_portable():
+    args = configure_args("cpu", set(), tests=True)
+    assert "-DLLAMA_BUILD_TESTS=ON" in args and "-DGGML_NATIVE=OFF" in args
+    assert "-DLLAMA_BUILD_TESTS=OFF" in configure_args("cpu", set())

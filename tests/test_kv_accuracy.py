@@ -43,7 +43,7 @@ def llama_server() -> Path:
 def synthetic(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     tool = archs_tool()
     if tool is None:
-        pytest.fail("test-llama-archs is not built; run adapters.engine_install.install_test_tools() (set-up does)")
+        pytest.fail("test-llama-archs is not built; run `llamagate engine install --test-tools` (./dev does)")
     out = tmp_path_factory.mktemp("synthetic-gguf")
     return out, write_synthetic_models(tool, SYNTHETIC + NOT_WRITTEN, out)
 

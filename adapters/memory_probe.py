@@ -1,0 +1,23 @@
+"""MemoryProbe: free GPU memory (probed fresh each call) and free system memory."""
+
+from __future__ import annotations
+
+import shutil
+
+import psutil
+
+from adapters.gpu_probe import probe_gpus
+from domain.gpus import GpuInfo
+
+
+class SystemMemory:
+    def gpus(self) -> list[GpuInfo]:
+        return probe_gpus()
+
+    def host_free_bytes(self) -> int:
+        return int(psutil.virtual_memory().available)
+
+
+def is_rocm() -> bool:
+    """ROCm machines pin through HIP_VISIBLE_DEVICES as well (SPEC §6)."""
+    return shutil.which("rocminfo") is not None or shutil.which("rocm-smi") is not None
