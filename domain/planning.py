@@ -137,6 +137,7 @@ def plan_host(free_bytes: int, weights: int, kv_bytes: KvBytes, requested: int, 
 
 
 def _plan(context, chosen, offload, fits, weights, kv, gpus, reasons) -> Plan:
+    chosen = sorted(chosen, key=lambda g: g.index)  # pinned in PCI order: device 0 is the lowest id
     total = sum(budget([g.free_bytes]) for g in chosen) or 1
     shares = tuple(
         GpuShare(
