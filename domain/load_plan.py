@@ -39,12 +39,23 @@ def plan_load(
         return LoadPlan(facts, plan, None, simulated)
 
     def kv_at(context: int) -> KvEstimate:
-        try:
-            return kv_cache_bytes(facts.shape, context_length=context, parallel=options.parallel,
-                                  cache_type_k=options.cache_type, cache_type_v=options.cache_type)
-        except ValueError as error:  # e.g. a context too small to split over the slots
-            raise InvalidArgument(str(error)) from error
+        return _kv(facts, options, context)
 
     plan = make_plan(gpus, host_free_bytes, weights, lambda c: kv_at(c).total_bytes,
                      options.context_length, native)
     return LoadPlan(facts, plan, kv_at(plan.context_length), simulated)
+
+
+def check_plannable(facts: ModelFacts, options: LoadOptions) -> None:
+    """Raise InvalidArgument now for options no plan can satisfy, so a bad
+    request fails before the loaded model is stopped."""
+    if facts.shape is not None:
+        _kv(facts, options, options.context_length or facts.native_context_length or MIN_CONTEXT)
+
+
+def _kv(facts: ModelFacts, options: LoadOptions, context: int) -> KvEstimate:
+    try:
+        return kv_cache_bytes(facts.shape, context_length=context, parallel=options.parallel,
+                              cache_type_k=options.cache_type, cache_type_v=options.cache_type)
+    except ValueError as error:  # e.g. a context too small to split over the slots
+        raise InvalidArgument(f"{facts.architecture} with these options: {error}") from error

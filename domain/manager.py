@@ -18,7 +18,7 @@ from domain.errors import EngineFailed, InvalidArgument, NoModelLoaded, Supersed
 from domain.generation import StreamFolder, chat_body, validate
 from domain.gpus import GpuInfo
 from domain.launch import LaunchSpec, launch_from_plan
-from domain.load_plan import LoadPlan, plan_load
+from domain.load_plan import LoadPlan, check_plannable, plan_load
 from domain.model import LoadEvent, LoadOptions, LoadPhase, ModelFacts, ModelInfo, ModelState
 from domain.ports import ChatEngine, EngineLauncher, EngineProcess, MemoryProbe, ModelInspector
 from domain.shards import model_id
@@ -64,6 +64,7 @@ class ModelManager:
         yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
         # Bad input fails here, before the loaded model is touched.
         facts, projector = await self._inspect(path, options)
+        check_plannable(facts, options)
         async with self._lock:
             self._generation += 1
             generation = self._generation
