@@ -158,6 +158,11 @@ class LlamaServerProcess:
             hint = "check the file is a valid model and that memory suffices"
         return f"llama-server exited with code {code} before it was ready ({hint}); its last output:\n{output}"
 
+    async def wait_exit(self) -> str:
+        code = await asyncio.shield(self._exited)
+        await asyncio.wait({self._drain}, timeout=1.0)
+        return f"exit code {code}; its last output:\n{self.last_output()}"
+
     async def stop(self) -> None:
         try:
             if not self._exited.done():

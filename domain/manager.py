@@ -8,7 +8,7 @@ an earlier load that lost the race stops its own child (SPEC §8, §11).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import PurePath
 
@@ -24,6 +24,9 @@ from domain.ports import ChatEngine, EngineLauncher, EngineProcess, MemoryProbe,
 from domain.shards import model_id
 
 
+ReadinessListener = Callable[[bool], Awaitable[None]]
+
+
 class ModelManager:
     def __init__(
         self, inspector: ModelInspector, launcher: EngineLauncher, chat: ChatEngine, memory: MemoryProbe
@@ -36,9 +39,20 @@ class ModelManager:
         self._generation = 0
         self._engine: EngineProcess | None = None
         self._info = ModelInfo()
+        self._last_failure = ""
+        self._readiness: list[ReadinessListener] = []
+        self._exit_watch: asyncio.Task | None = None
 
     def status(self) -> ModelInfo:
-        return self._info
+        return replace(self._info, last_error=self._last_failure) if self._last_failure else self._info
+
+    def on_readiness(self, listener: ReadinessListener) -> None:
+        """Call ``listener(True)`` when a model becomes ready, ``(False)`` when it stops being."""
+        self._readiness.append(listener)
+
+    async def _set_ready(self, ready: bool) -> None:
+        for listener in self._readiness:
+            await listener(ready)
 
     async def plan(self, path: str, options: LoadOptions, gpus: list[GpuInfo] | None = None) -> LoadPlan:
         """What a load would do now; ``gpus`` plans for those instead of ours."""
@@ -70,6 +84,7 @@ class ModelManager:
             generation = self._generation
             await self._stop_engine()  # free its memory before measuring what is free
             self._info = ModelInfo(path=facts.path, id=model_id(PurePath(facts.path).name), state=ModelState.LOADING)
+            await self._set_ready(False)
         ready = False
         try:
             load_plan = await asyncio.to_thread(self._plan, facts, options, projector, None)
@@ -122,13 +137,27 @@ class ModelManager:
             self._check_current(generation)
             caps = merge_server_caps(self._info.capabilities, props)
             self._info = replace(self._info, capabilities=caps, state=ModelState.READY)
+            self._last_failure = ""
+            self._exit_watch = asyncio.create_task(self._watch_exit(generation, engine))
+            await self._set_ready(True)
             return self._info
+
+    async def _watch_exit(self, generation: int, engine: EngineProcess) -> None:
+        """A ready child that dies on its own (OOM killer, crash) empties the slot."""
+        how = await engine.wait_exit()
+        async with self._lock:
+            if generation == self._generation and self._engine is engine:
+                self._engine = None
+                self._info = ModelInfo()
+                self._last_failure = f"llama-server exited unexpectedly ({how.splitlines()[0]}); load the model again"
+                await self._set_ready(False)
 
     async def _abandon(self, generation: int) -> None:
         async with self._lock:
             if generation == self._generation:
                 await self._stop_engine()
                 self._info = ModelInfo()
+                await self._set_ready(False)
 
     def _check_current(self, generation: int) -> None:
         if generation != self._generation:
@@ -142,6 +171,7 @@ class ModelManager:
             pid = self._engine.pid if self._engine else 0
             await self._stop_engine()
             self._info = ModelInfo()
+            await self._set_ready(False)
             return was_loaded, pid
 
     async def _stop_engine(self) -> None:
@@ -152,7 +182,7 @@ class ModelManager:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
         info, engine = self._info, self._engine
         if info.state is not ModelState.READY or engine is None:
-            raise NoModelLoaded(_not_ready_message(info))
+            raise NoModelLoaded(self._last_failure or _not_ready_message(info))
         validate(request, info.capabilities)
         body = chat_body(request, info.capabilities, info.context_length)
         folder = StreamFolder()

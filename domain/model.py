@@ -95,6 +95,7 @@ class ModelInfo:
     parallel: int = 0
     has_chat_template: bool = False
     size_bytes: int = 0
+    last_error: str = ""  # why the last ready model went away on its own
 
 
 class LoadPhase(enum.Enum):

@@ -37,6 +37,9 @@ class EngineProcess(Protocol):
     async def stop(self) -> None:
         """SIGTERM, a grace period, then SIGKILL; returns once the child is gone."""
 
+    async def wait_exit(self) -> str:
+        """Return once the child has exited, for whatever reason, saying how (code, last output)."""
+
 
 class EngineLauncher(Protocol):
     def free_port(self) -> int: ...

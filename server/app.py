@@ -20,7 +20,7 @@ from adapters.llama_process import LlamaServerLauncher
 from adapters.memory_probe import SystemMemory
 from adapters.orphans import kill_orphans
 from domain.manager import ModelManager
-from domain.model import LoadEvent, LoadPhase, ModelInfo
+from domain.model import LoadEvent, LoadPhase, ModelInfo, ModelState
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 from server.config import DEFAULT_ADDRESS
@@ -61,13 +61,12 @@ class App:
         await self.health.set(SERVICE_NAME, status)
 
     async def follow_load(self, first: LoadEvent, events: AsyncIterator[LoadEvent]) -> ModelInfo:
-        """Drive a load started outside any RPC (``serve``), keeping health in step."""
+        """Drive a load started outside any RPC (``serve``), logging its phases."""
         event = first
         async with contextlib.aclosing(events):
             while True:
                 log.info("load %s: %s", event.phase.value, event.message)
                 if event.phase is LoadPhase.READY and event.model is not None:
-                    await self.set_ready(True)
                     return event.model
                 event = await anext(events)
 
@@ -83,12 +82,7 @@ async def create_server(address: str = DEFAULT_ADDRESS, manager: ModelManager | 
     manager = manager or build_manager()
     server = grpc.aio.server()
     health_servicer = health.aio.HealthServicer()
-    app_holder: list[App] = []
-
-    async def on_readiness(ready: bool) -> None:
-        await app_holder[0].set_ready(ready)
-
-    pb_grpc.add_LlamaGateServicer_to_server(LlamaGateService(manager, on_readiness), server)
+    pb_grpc.add_LlamaGateServicer_to_server(LlamaGateService(manager), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -99,7 +93,7 @@ async def create_server(address: str = DEFAULT_ADDRESS, manager: ModelManager | 
         raise ListenError(f"cannot listen on {address}: is another service using it?") from error
     await server.start()
     app = App(server, port, manager, health_servicer)
-    app_holder.append(app)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await app.set_ready(False)
+    await app.set_ready(manager.status().state is ModelState.READY)
+    manager.on_readiness(app.set_ready)
     return app

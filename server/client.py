@@ -78,7 +78,7 @@ def status(args) -> int:
         return _fail(error)
     state = pb.ModelState.Name(info.state).removeprefix("MODEL_STATE_").lower()
     if info.state == pb.MODEL_STATE_EMPTY:
-        print("no model loaded")
+        print("no model loaded" + (f" ({info.last_error})" if info.last_error else ""))
         return 0
     caps = [name for name in ("reasoning", "tools", "vision") if getattr(info.capabilities, name)]
     print(f"{info.id} ({info.architecture}) {state}")

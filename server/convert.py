@@ -164,6 +164,7 @@ def model_info(info: ModelInfo) -> pb.ModelInfo:
         parallel=info.parallel,
         has_chat_template=info.has_chat_template,
         size_bytes=info.size_bytes,
+        last_error=info.last_error,
     )
 
 

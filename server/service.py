@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
 from domain.errors import LlamagateError
 from domain.manager import ModelManager
-from domain.model import LoadPhase
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 from server import convert
 from server.errors import status_for
 
 log = logging.getLogger(__name__)
-
-# Called with True when a model becomes ready, False when it goes away.
-ReadinessHook = Callable[[bool], Awaitable[None]]
-
 
 async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError) -> None:
     code = status_for(error)
@@ -29,25 +24,20 @@ async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError) -> No
 
 
 class LlamaGateService(pb_grpc.LlamaGateServicer):
-    def __init__(self, manager: ModelManager, on_readiness: ReadinessHook) -> None:
+    def __init__(self, manager: ModelManager) -> None:
         self._manager = manager
-        self._on_readiness = on_readiness
 
     async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadEvent]:
         try:
             path, options = convert.load_request(request)
-            await self._on_readiness(False)
             async with contextlib.aclosing(self._manager.load(path, options)) as events:
                 async for event in events:
-                    if event.phase is LoadPhase.READY:
-                        await self._on_readiness(True)
                     yield convert.load_event(event)
         except LlamagateError as error:
             await _abort(context, error)
 
     async def UnloadModel(self, request: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
         was_loaded, pid = await self._manager.unload()
-        await self._on_readiness(False)
         return pb.UnloadModelResponse(was_loaded=was_loaded, pid=pid)
 
     async def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.ModelInfo:

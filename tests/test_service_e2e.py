@@ -269,3 +269,20 @@ def test_cancelling_a_load_stops_its_child(stub, smollm2_path):
     assert wait_until(lambda: not psutil.pid_exists(pid))
     assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY)
     assert llama_server_children() == []
+
+
+def test_a_ready_llama_server_that_dies_empties_the_slot_and_says_why(service, stub, smollm2_path):
+    pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
+    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(service.address))
+
+    psutil.Process(pid).kill()  # as the OOM killer would
+
+    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY)
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert "exited unexpectedly" in status.last_error
+    check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    assert health.Check(check).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    details = assert_code(lambda: stub.Generate(ask("hi")), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "exited unexpectedly" in details
+    load(stub, smollm2_path, context_length=1024)  # and a new load clears it
+    assert stub.GetStatus(pb.GetStatusRequest()).last_error == ""
