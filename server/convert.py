@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from domain import chat
 from domain.errors import InvalidArgument
 from domain.gpus import GpuInfo
@@ -113,9 +115,7 @@ def plan(load_plan: LoadPlan) -> pb.Plan:
         fits=p.fits,
         weights_bytes=p.weights_bytes,
         kv=_kv(kv, p.kv_bytes),
-        shares=[pb.GpuShare(index=s.index, free_bytes=s.free_bytes, budget_bytes=s.budget_bytes,
-                            weights_bytes=s.weights_bytes, kv_bytes=s.kv_bytes, reserve_bytes=s.reserve_bytes)
-                for s in p.shares],
+        shares=[pb.GpuShare(**asdict(share)) for share in p.shares],
         ceiling_context_length=p.ceiling_context,
         reasons=list(p.reasons),
         simulated=load_plan.simulated,
@@ -151,20 +151,12 @@ def load_event(event: LoadEvent) -> pb.LoadEvent:
 
 
 def model_info(info: ModelInfo) -> pb.ModelInfo:
+    plain = {k: v for k, v in asdict(info).items() if k not in ("capabilities", "cache_type", "state")}
     return pb.ModelInfo(
-        id=info.id,
-        path=info.path,
-        architecture=info.architecture,
-        native_context_length=info.native_context_length,
-        context_length=info.context_length,
+        **plain,
         capabilities=_capabilities(info.capabilities),
         cache_type=_CACHE_TO_PB[info.cache_type],
         state=_STATE[info.state],
-        pid=info.pid,
-        parallel=info.parallel,
-        has_chat_template=info.has_chat_template,
-        size_bytes=info.size_bytes,
-        last_error=info.last_error,
     )
 
 
@@ -214,21 +206,10 @@ def generate_event(event: chat.GenerateEvent) -> pb.GenerateEvent:
         return pb.GenerateEvent(reasoning_delta=event.text)
     if isinstance(event, chat.ContentDelta):
         return pb.GenerateEvent(content_delta=event.text)
-    u, t = event.usage, event.timings
     return pb.GenerateEvent(
         done=pb.GenerateDone(
             finish_reason=_FINISH[event.finish_reason],
-            usage=pb.Usage(
-                prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens
-            ),
-            timings=pb.Timings(
-                prompt_n=t.prompt_n,
-                prompt_ms=t.prompt_ms,
-                prompt_per_second=t.prompt_per_second,
-                predicted_n=t.predicted_n,
-                predicted_ms=t.predicted_ms,
-                predicted_per_second=t.predicted_per_second,
-                cache_n=t.cache_n,
-            ),
+            usage=pb.Usage(**asdict(event.usage)),  # same field names on both sides
+            timings=pb.Timings(**asdict(event.timings)),
         )
     )
