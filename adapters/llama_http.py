@@ -9,6 +9,7 @@ import httpx
 
 from domain.chat import ChatChunk, Timings, Usage
 from domain.errors import EngineFailed, EngineRejected
+from domain.ports import Endpoint
 
 # Prompt processing can take long before the first byte; reads between
 # tokens are short. Cancellation works throughout: it closes the stream.
@@ -19,9 +20,9 @@ class LlamaHttpClient:
     def __init__(self, read_timeout: float = FIRST_BYTE_TIMEOUT) -> None:
         self._timeout = httpx.Timeout(10.0, read=read_timeout)
 
-    async def stream_chat(self, base_url: str, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
+    async def stream_chat(self, endpoint: Endpoint, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
         try:
-            async with httpx.AsyncClient(base_url=base_url, timeout=self._timeout) as client:
+            async with _client(endpoint, self._timeout) as client:
                 async with client.stream("POST", "/v1/chat/completions", json=body) as response:
                     if response.status_code != 200:
                         raise _rejection(response.status_code, await response.aread())
@@ -36,14 +37,19 @@ class LlamaHttpClient:
         except httpx.TransportError as error:
             raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
 
-    async def props(self, base_url: str) -> dict[str, object]:
+    async def props(self, endpoint: Endpoint) -> dict[str, object]:
         try:
-            async with httpx.AsyncClient(base_url=base_url, timeout=10.0) as client:
+            async with _client(endpoint, httpx.Timeout(10.0)) as client:
                 response = await client.get("/props")
                 props = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
             props = {}
         return props if isinstance(props, dict) else {}
+
+
+def _client(endpoint: Endpoint, timeout: httpx.Timeout) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    return httpx.AsyncClient(base_url=endpoint.base_url, timeout=timeout, headers=headers)
 
 
 DONE = object()

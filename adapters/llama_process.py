@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import tempfile
@@ -22,6 +23,7 @@ from adapters.memory_probe import is_rocm
 from domain.errors import EngineFailed
 from domain.gpus import pin_environment
 from domain.launch import LaunchSpec, server_arguments
+from domain.ports import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +60,22 @@ class LlamaServerLauncher:
             spec = replace(spec, chat_template_file=str(template_file))
         argv = [str(binary), *server_arguments(spec)]
         log.info("starting %s", " ".join(argv))
+        # Only we may talk to our child: other local processes could otherwise
+        # use its slots behind our back. In the environment, not argv, so `ps`
+        # does not show it; never logged.
+        api_key = secrets.token_urlsafe(24)
+        env = _pinned(child_environment(binary), spec.gpus) | {"LLAMA_API_KEY": api_key}
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            env=_pinned(child_environment(binary), spec.gpus),
+            env=env,
             start_new_session=True,  # its own process group: we stop the whole group
         )
         return LlamaServerProcess(
             process,
-            base_url=f"http://{spec.host}:{spec.port}",
+            endpoint=Endpoint(f"http://{spec.host}:{spec.port}", api_key),
             model_path=spec.model_path,
             template_file=template_file,
             health_timeout=self._health_timeout,
@@ -93,7 +100,7 @@ class LlamaServerProcess:
         self,
         process: asyncio.subprocess.Process,
         *,
-        base_url: str,
+        endpoint: Endpoint,
         model_path: str,
         template_file: Path | None,
         health_timeout: float,
@@ -101,7 +108,7 @@ class LlamaServerProcess:
         poll_interval: float,
     ) -> None:
         self.pid = process.pid
-        self.base_url = base_url
+        self.endpoint = endpoint
         self._process = process
         self._model_path = model_path
         self._template_file = template_file
@@ -130,7 +137,7 @@ class LlamaServerProcess:
 
     async def watch_until_ready(self) -> AsyncIterator[int]:
         deadline = asyncio.get_running_loop().time() + self._health_timeout
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=2.0) as client:
+        async with httpx.AsyncClient(base_url=self.endpoint.base_url, timeout=2.0) as client:  # /health is public
             while not await self._healthy(client):
                 if self._exited.done():
                     raise EngineFailed(await self._failure_message())

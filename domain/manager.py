@@ -132,7 +132,7 @@ class ModelManager:
                 yield LoadEvent(LoadPhase.LOADING, message, loaded, total)
 
     async def _ready(self, generation: int, engine: EngineProcess) -> ModelInfo:
-        props = await self._chat.props(engine.base_url)
+        props = await self._chat.props(engine.endpoint)
         async with self._lock:
             self._check_current(generation)
             caps = merge_server_caps(self._info.capabilities, props)
@@ -186,7 +186,7 @@ class ModelManager:
         validate(request, info.capabilities)
         body = chat_body(request, info.capabilities, info.context_length)
         folder = StreamFolder()
-        async for chunk in self._chat.stream_chat(engine.base_url, body):
+        async for chunk in self._chat.stream_chat(engine.endpoint, body):
             for event in folder.feed(chunk):
                 yield event
         for event in folder.finish():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from domain.chat import ChatChunk
@@ -24,9 +25,17 @@ class MemoryProbe(Protocol):
         """System memory available now (the pool when there is no GPU)."""
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a child serves HTTP, and the key it demands (empty: none)."""
+
+    base_url: str
+    api_key: str = ""
+
+
 class EngineProcess(Protocol):
     pid: int
-    base_url: str
+    endpoint: Endpoint
 
     def watch_until_ready(self) -> AsyncIterator[int]:
         """Yield resident bytes while loading; return once healthy.
@@ -49,8 +58,8 @@ class EngineLauncher(Protocol):
 
 
 class ChatEngine(Protocol):
-    def stream_chat(self, base_url: str, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
+    def stream_chat(self, endpoint: Endpoint, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
         """Stream a chat completion. Raises EngineFailed or EngineRejected."""
 
-    async def props(self, base_url: str) -> dict[str, object]:
+    async def props(self, endpoint: Endpoint) -> dict[str, object]:
         """llama-server's ``/props`` (its own view of the template and modalities); {} if unavailable."""

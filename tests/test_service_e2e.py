@@ -37,6 +37,12 @@ def engine_url(pid: int) -> str:
     return f"http://127.0.0.1:{ports[0]}"
 
 
+def engine(pid: int) -> httpx.Client:
+    """A direct line to the child, with the key only its parent (and its owner) can read."""
+    key = psutil.Process(pid).environ()["LLAMA_API_KEY"]
+    return httpx.Client(base_url=engine_url(pid), headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+
 def assert_code(call, code: grpc.StatusCode) -> str:
     with pytest.raises(grpc.RpcError) as caught:
         result = call()
@@ -75,20 +81,30 @@ def test_generate_streams_deltas_and_reports_llama_servers_usage(stub, smollm2_p
     done = events[-1].done
     assert done.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
     # The same greedy request straight to llama-server must count the same tokens.
-    direct = httpx.post(
-        f"{engine_url(info.pid)}/v1/chat/completions",
+    direct = engine(info.pid).post(
+        "/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "Name a colour."}], "temperature": 0, "max_tokens": 12,
               "seed": 1, "top_k": 20, "top_p": 0.95, "min_p": 0.01},
-        timeout=120,
     ).json()
     assert done.usage.completion_tokens == direct["usage"]["completion_tokens"] > 0
     assert done.usage.completion_tokens == done.timings.predicted_n
     assert "".join(deltas) == direct["choices"][0]["message"]["content"]
 
 
+def test_only_llamagate_can_talk_to_its_llama_server(stub, smollm2_path):
+    pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
+    url = engine_url(pid)
+
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert httpx.get(f"{url}/slots").status_code == 401
+    assert httpx.post(f"{url}/v1/chat/completions", json={"messages": []}).status_code == 401
+    assert "LLAMA_API_KEY" not in " ".join(psutil.Process(pid).cmdline())
+    assert engine(pid).get("/slots").status_code == 200
+
+
 def test_two_concurrent_generations_on_two_slots_both_complete(stub, smollm2_path):
     info = load(stub, smollm2_path, context_length=2048, parallel=2)[-1].model
-    slots = httpx.get(f"{engine_url(info.pid)}/slots", timeout=10).json()
+    slots = engine(info.pid).get("/slots").json()
     assert info.parallel == 2 and len(slots) == 2
 
     results: dict[int, list[pb.GenerateEvent]] = {}
@@ -254,8 +270,8 @@ def test_cancelling_a_generation_frees_the_slot_and_the_service_goes_on(stub, sm
 
     call.cancel()
 
-    slots_url = f"{engine_url(info.pid)}/slots"
-    assert wait_until(lambda: not any(s["is_processing"] for s in httpx.get(slots_url, timeout=5).json()))
+    child = engine(info.pid)
+    assert wait_until(lambda: not any(s["is_processing"] for s in child.get("/slots").json()))
     events = list(stub.Generate(ask("hi", max_tokens=4), timeout=60))
     assert events[-1].WhichOneof("event") == "done"
 
