@@ -11,17 +11,26 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString};
 use pyo3::IntoPyObjectExt;
 
-use crate::gguf::{self, ArraySelection, ArrayValues, ErrorKind, GgufError, Header, Int, IntOrList, Options};
-use crate::gguf::{Scalar, SwaPattern, Value};
+use crate::gguf::{self, ArraySelection, ArrayValues, ErrorKind, Field, GgufError, Header, Int};
+use crate::gguf::{Options, Scalar, Value};
 
-create_exception!(rust_ext, GGUFError, PyValueError, "Malformed GGUF data; `offset` is the byte where it was found.");
+create_exception!(
+    rust_ext,
+    GGUFError,
+    PyValueError,
+    "Malformed GGUF data; `offset` is the byte where it was found."
+);
 
 /// The one place scanner errors become Python exceptions: I/O errors are
 /// OSError (FileNotFoundError...), everything else GGUFError with `.offset`.
 fn to_py_err(py: Python<'_>, e: GgufError, path: Option<&Bound<'_, PyAny>>) -> PyErr {
     if let ErrorKind::Io(io) = &e.kind {
         let text = io.to_string();
-        let msg = text.split(" (os error").next().unwrap_or_default().to_owned();
+        let msg = text
+            .split(" (os error")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         return match (io.raw_os_error(), path) {
             (Some(code), Some(p)) => PyOSError::new_err((code, msg, p.clone().unbind())),
             (Some(code), None) => PyOSError::new_err((code, msg)),
@@ -40,14 +49,27 @@ fn options(tensors: bool, array_values: Option<&Bound<'_, PyAny>>) -> PyResult<O
         None => ArraySelection::None,
         Some(v) if v.is_none() => ArraySelection::None,
         Some(v) if v.is_instance_of::<PyBool>() => {
-            if v.is_truthy()? { ArraySelection::All } else { ArraySelection::None }
+            if v.is_truthy()? {
+                ArraySelection::All
+            } else {
+                ArraySelection::None
+            }
         }
         Some(v) if v.is_instance_of::<PyString>() => {
-            return Err(PyTypeError::new_err("array_values must be a bool or a collection of keys, not a str"))
+            return Err(PyTypeError::new_err(
+                "array_values must be a bool or a collection of keys, not a str",
+            ))
         }
-        Some(v) => ArraySelection::Keys(v.try_iter()?.map(|k| k?.extract::<String>()).collect::<PyResult<_>>()?),
+        Some(v) => ArraySelection::Keys(
+            v.try_iter()?
+                .map(|k| k?.extract::<String>())
+                .collect::<PyResult<_>>()?,
+        ),
     };
-    Ok(Options { tensors, array_values })
+    Ok(Options {
+        tensors,
+        array_values,
+    })
 }
 
 #[pyfunction]
@@ -84,7 +106,9 @@ fn scan_bytes<'py>(
         copy = buf.to_vec(py)?;
         &copy
     } else {
-        return Err(PyTypeError::new_err("data must be bytes, bytearray or a memoryview of unsigned bytes"));
+        return Err(PyTypeError::new_err(
+            "data must be bytes, bytearray or a memoryview of unsigned bytes",
+        ));
     };
     match py.detach(|| gguf::scan_bytes(bytes, &opts)) {
         Ok(h) => header_dict(py, &h),
@@ -108,7 +132,13 @@ fn int<'py>(py: Python<'py>, i: Int) -> PyResult<Bound<'py, PyAny>> {
 }
 
 fn ints<'py>(py: Python<'py>, v: &[Int]) -> PyResult<Bound<'py, PyAny>> {
-    Ok(PyList::new(py, v.iter().map(|&i| int(py, i)).collect::<PyResult<Vec<_>>>()?)?.into_any())
+    Ok(PyList::new(
+        py,
+        v.iter()
+            .map(|&i| int(py, i))
+            .collect::<PyResult<Vec<_>>>()?,
+    )?
+    .into_any())
 }
 
 fn scalar<'py>(py: Python<'py>, s: &Scalar) -> PyResult<Bound<'py, PyAny>> {
@@ -163,7 +193,10 @@ fn header_dict<'py>(py: Python<'py>, h: &Header) -> PyResult<Bound<'py, PyDict>>
                 let info = PyDict::new(py);
                 info.set_item("type", a.elem.name())?;
                 info.set_item("length", a.len)?;
-                info.set_item("values", a.values.as_ref().map(|v| array_values(py, v)).transpose()?)?;
+                info.set_item(
+                    "values",
+                    a.values.as_ref().map(|v| array_values(py, v)).transpose()?,
+                )?;
                 arrays.set_item(&kv.key, info)?;
             }
         }
@@ -172,9 +205,13 @@ fn header_dict<'py>(py: Python<'py>, h: &Header) -> PyResult<Bound<'py, PyDict>>
         None => None,
         Some(s) => {
             let d = PyDict::new(py);
-            d.set_item("count", s.count.map(|i| int(py, i)).transpose()?)?;
-            d.set_item("no", s.no.map(|i| int(py, i)).transpose()?)?;
-            d.set_item("tensors_count", s.tensors_count.map(|i| int(py, i)).transpose()?)?;
+            for (name, value) in [
+                ("count", s.count),
+                ("no", s.no),
+                ("tensors_count", s.tensors_count),
+            ] {
+                d.set_item(name, value.map(|i| int(py, i)).transpose()?)?;
+            }
             Some(d)
         }
     };
@@ -195,39 +232,16 @@ fn header_dict<'py>(py: Python<'py>, h: &Header) -> PyResult<Bound<'py, PyDict>>
         }
     };
 
-    let m = &h.model;
     let model = PyDict::new(py);
-    let opt = |i: Option<Int>| i.map(|i| int(py, i)).transpose();
-    let int_or_list = |v: &Option<IntOrList>| match v {
-        None => Ok(None),
-        Some(IntOrList::Int(i)) => int(py, *i).map(Some),
-        Some(IntOrList::List(l)) => ints(py, l).map(Some),
-    };
-    model.set_item("context_length", opt(m.context_length)?)?;
-    model.set_item("block_count", opt(m.block_count)?)?;
-    model.set_item("head_count", int_or_list(&m.head_count)?)?;
-    model.set_item("head_count_kv", int_or_list(&m.head_count_kv)?)?;
-    model.set_item("embedding_length", opt(m.embedding_length)?)?;
-    model.set_item("key_length", opt(m.key_length)?)?;
-    model.set_item("value_length", opt(m.value_length)?)?;
-    model.set_item("sliding_window", opt(m.sliding_window)?)?;
-    let swa = match &m.sliding_window_pattern {
-        None => None,
-        Some(SwaPattern::Period(i)) => Some(int(py, *i)?),
-        Some(SwaPattern::Layers(l)) => Some(PyList::new(py, l.iter().copied())?.into_any()),
-    };
-    model.set_item("sliding_window_pattern", swa)?;
-    model.set_item("full_attention_interval", opt(m.full_attention_interval)?)?;
-    model.set_item("kv_lora_rank", opt(m.kv_lora_rank)?)?;
-    model.set_item("key_length_mla", opt(m.key_length_mla)?)?;
-    model.set_item("ssm_conv_kernel", opt(m.ssm_conv_kernel)?)?;
-    model.set_item("ssm_inner_size", opt(m.ssm_inner_size)?)?;
-    model.set_item("ssm_state_size", opt(m.ssm_state_size)?)?;
-    model.set_item("ssm_group_count", opt(m.ssm_group_count)?)?;
-    model.set_item("expert_count", opt(m.expert_count)?)?;
-    model.set_item("expert_used_count", int_or_list(&m.expert_used_count)?)?;
-    model.set_item("vocab_size", opt(m.vocab_size)?)?;
-    model.set_item("file_type", opt(m.file_type)?)?;
+    for (name, value) in h.model.fields() {
+        let value = match value {
+            None => None,
+            Some(Field::Int(i)) => Some(int(py, i)?),
+            Some(Field::Ints(l)) => Some(ints(py, l)?),
+            Some(Field::Flags(l)) => Some(PyList::new(py, l.iter().copied())?.into_any()),
+        };
+        model.set_item(name, value)?;
+    }
 
     let d = PyDict::new(py);
     d.set_item("complete", true)?;

@@ -25,13 +25,22 @@ pub enum ErrorKind {
     /// The version is not 1, 2 or 3.
     UnsupportedVersion(u32),
     /// An item extends past the end of the data: `needed` bytes at least, `remaining` left.
-    Truncated { item: Item, needed: u64, remaining: u64, min_total: u64 },
+    Truncated {
+        item: Item,
+        needed: u64,
+        remaining: u64,
+        min_total: u64,
+    },
     /// A string length is above the cap.
     StringTooLong { len: u64, max: u64 },
     /// An array count is above the cap.
     ArrayTooLong { count: u64, max: u64 },
     /// The header announces more key-value pairs or tensors than the cap.
-    TooManyEntries { what: &'static str, count: u64, max: u64 },
+    TooManyEntries {
+        what: &'static str,
+        count: u64,
+        max: u64,
+    },
     /// Arrays of arrays nest deeper than the limit.
     NestingTooDeep { max: u32 },
     /// A value type id is not one of the 13 GGUF value types.
@@ -43,7 +52,11 @@ pub enum ErrorKind {
     /// A key appears twice.
     DuplicateKey(String),
     /// A key the scanner interprets holds a value of a type it cannot use.
-    WrongType { key: String, found: String, expected: &'static str },
+    WrongType {
+        key: String,
+        found: String,
+        expected: &'static str,
+    },
     /// `general.alignment` is zero or not a power of two.
     BadAlignment(u32),
     /// A tensor name is at least llama.cpp's `GGML_MAX_NAME` (64) bytes long.
@@ -114,8 +127,14 @@ impl fmt::Display for Item {
             Item::Field(name) => write!(f, "{name}"),
             Item::String => write!(f, "string"),
             Item::Array { count, elem } => write!(f, "array of {count} {} values", elem.name()),
-            Item::Entries { kv_count, tensor_count } => {
-                write!(f, "{kv_count} key-value pairs and {tensor_count} tensor infos")
+            Item::Entries {
+                kv_count,
+                tensor_count,
+            } => {
+                write!(
+                    f,
+                    "{kv_count} key-value pairs and {tensor_count} tensor infos"
+                )
             }
         }
     }
@@ -125,17 +144,42 @@ impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ErrorKind::NotGguf { found } => {
-                write!(f, "not a GGUF file (starts with {found:02x?}, expected the magic \"GGUF\")")
+                write!(
+                    f,
+                    "not a GGUF file (starts with {found:02x?}, expected the magic \"GGUF\")"
+                )
             }
-            ErrorKind::UnsupportedVersion(v) => write!(f, "unsupported GGUF version {v} (supported: 1, 2, 3)"),
-            ErrorKind::Truncated { item: Item::String, needed, remaining, .. } => {
-                write!(f, "string length {needed} exceeds the {remaining} bytes that remain")
+            ErrorKind::UnsupportedVersion(v) => {
+                write!(f, "unsupported GGUF version {v} (supported: 1, 2, 3)")
             }
-            ErrorKind::Truncated { item, needed, remaining, .. } => {
-                write!(f, "{item} (at least {needed} bytes) exceeds the {remaining} bytes that remain")
+            ErrorKind::Truncated {
+                item: Item::String,
+                needed,
+                remaining,
+                ..
+            } => {
+                write!(
+                    f,
+                    "string length {needed} exceeds the {remaining} bytes that remain"
+                )
             }
-            ErrorKind::StringTooLong { len, max } => write!(f, "string length {len} exceeds the limit of {max}"),
-            ErrorKind::ArrayTooLong { count, max } => write!(f, "array count {count} exceeds the limit of {max}"),
+            ErrorKind::Truncated {
+                item,
+                needed,
+                remaining,
+                ..
+            } => {
+                write!(
+                    f,
+                    "{item} (at least {needed} bytes) exceeds the {remaining} bytes that remain"
+                )
+            }
+            ErrorKind::StringTooLong { len, max } => {
+                write!(f, "string length {len} exceeds the limit of {max}")
+            }
+            ErrorKind::ArrayTooLong { count, max } => {
+                write!(f, "array count {count} exceeds the limit of {max}")
+            }
             ErrorKind::TooManyEntries { what, count, max } => {
                 write!(f, "{count} {what} exceed the limit of {max}")
             }
@@ -144,7 +188,11 @@ impl fmt::Display for ErrorKind {
             ErrorKind::InvalidUtf8 => write!(f, "string is not valid UTF-8"),
             ErrorKind::EmptyKey => write!(f, "empty key"),
             ErrorKind::DuplicateKey(key) => write!(f, "duplicate key {key:?}"),
-            ErrorKind::WrongType { key, found, expected } => {
+            ErrorKind::WrongType {
+                key,
+                found,
+                expected,
+            } => {
                 write!(f, "key {key:?} has type {found}, expected {expected}")
             }
             ErrorKind::BadAlignment(a) => write!(f, "alignment {a} is not a power of two"),
@@ -153,18 +201,29 @@ impl fmt::Display for ErrorKind {
             }
             ErrorKind::DuplicateTensor(name) => write!(f, "duplicate tensor name {name:?}"),
             ErrorKind::TooManyDims(n) => write!(f, "tensor has {n} dimensions (at most 4)"),
-            ErrorKind::NegativeDim { dim, value } => write!(f, "tensor dimension {dim} is negative ({value})"),
+            ErrorKind::NegativeDim { dim, value } => {
+                write!(f, "tensor dimension {dim} is negative ({value})")
+            }
             ErrorKind::ShapeOverflow => write!(f, "tensor element count overflows int64"),
             ErrorKind::UnknownTensorType(t) => write!(f, "unknown ggml tensor type {t}"),
             ErrorKind::RowNotBlockAligned { ne0, block } => {
-                write!(f, "tensor row of {ne0} elements is not a multiple of the block size {block}")
+                write!(
+                    f,
+                    "tensor row of {ne0} elements is not a multiple of the block size {block}"
+                )
             }
             ErrorKind::BadTensorOffset { offset, expected } => {
-                write!(f, "tensor data offset {offset} is not the expected {expected}")
+                write!(
+                    f,
+                    "tensor data offset {offset} is not the expected {expected}"
+                )
             }
             ErrorKind::SizeOverflow => write!(f, "tensor data size overflows 64 bits"),
             ErrorKind::DataTruncated { end, file_len } => {
-                write!(f, "tensor data ends at byte {end} but the file has only {file_len} bytes")
+                write!(
+                    f,
+                    "tensor data ends at byte {end} but the file has only {file_len} bytes"
+                )
             }
             ErrorKind::Io(e) => write!(f, "read failed: {e}"),
         }

@@ -124,20 +124,23 @@ fn err(offset: u64, kind: ErrorKind) -> GgufError {
 
 fn align_up(x: u64, alignment: u64, at: u64) -> Result<u64> {
     // alignment is a power of two >= 1
-    x.checked_add(alignment - 1).map(|v| v & !(alignment - 1)).ok_or_else(|| err(at, ErrorKind::SizeOverflow))
+    x.checked_add(alignment - 1)
+        .map(|v| v & !(alignment - 1))
+        .ok_or_else(|| err(at, ErrorKind::SizeOverflow))
 }
 
 pub fn scan<S: Source>(src: S, opts: &Options) -> Result<Header> {
     let mut r = Reader::new(src);
 
     // Magic: a prefix that differs is not GGUF, however short.
-    let have = r.len().min(4);
+    let have = r.size().min(4);
     let head = r.take(have, Item::Field("magic"))?.to_vec();
     if MAGIC.get(..head.len()) != Some(&head[..]) {
         return Err(err(0, ErrorKind::NotGguf { found: head }));
     }
     // version + two counts of at least 4 bytes each follow the magic
-    r.check(0, 4, Item::Field("magic"), 0).map_err(|e| e.followed_by(12))?;
+    r.check(0, 4, Item::Field("magic"), 0)
+        .map_err(|e| e.followed_by(12))?;
 
     // Version; a big-endian file reads as a number with zero low 16 bits.
     let raw = r.u32("version").map_err(|e| e.followed_by(8))?;
@@ -156,19 +159,37 @@ pub fn scan<S: Source>(src: S, opts: &Options) -> Result<Header> {
     let tensor_count = r.length("tensor count").map_err(|e| e.followed_by(lw))?;
     let kv_count = r.length("key-value count")?;
     if tensor_count > MAX_TENSOR_COUNT {
-        return Err(err(8, ErrorKind::TooManyEntries { what: "tensors", count: tensor_count, max: MAX_TENSOR_COUNT }));
+        return Err(err(
+            8,
+            ErrorKind::TooManyEntries {
+                what: "tensors",
+                count: tensor_count,
+                max: MAX_TENSOR_COUNT,
+            },
+        ));
     }
     if kv_count > MAX_KV_COUNT {
-        return Err(err(8 + lw, ErrorKind::TooManyEntries {
-            what: "key-value pairs",
-            count: kv_count,
-            max: MAX_KV_COUNT,
-        }));
+        return Err(err(
+            8 + lw,
+            ErrorKind::TooManyEntries {
+                what: "key-value pairs",
+                count: kv_count,
+                max: MAX_KV_COUNT,
+            },
+        ));
     }
     // Smallest key-value pair: key length + 1-byte key + type + 1-byte value.
     // Smallest tensor info: name length + n_dims + type + offset.
     let (min_kv, min_ti) = if r.wide { (14, 24) } else { (10, 20) };
-    r.check(r.pos, kv_count * min_kv + tensor_count * min_ti, Item::Entries { kv_count, tensor_count }, 8)?;
+    r.check(
+        r.pos,
+        kv_count * min_kv + tensor_count * min_ti,
+        Item::Entries {
+            kv_count,
+            tensor_count,
+        },
+        8,
+    )?;
 
     let mut md = Metadata::default();
     for i in 0..kv_count {
@@ -180,13 +201,18 @@ pub fn scan<S: Source>(src: S, opts: &Options) -> Result<Header> {
         None => DEFAULT_ALIGNMENT,
         Some(kv) => match kv.value {
             Value::Scalar(Scalar::U32(a)) if a.is_power_of_two() => u64::from(a),
-            Value::Scalar(Scalar::U32(a)) => return Err(err(kv.offset, ErrorKind::BadAlignment(a))),
+            Value::Scalar(Scalar::U32(a)) => {
+                return Err(err(kv.offset, ErrorKind::BadAlignment(a)))
+            }
             ref other => {
-                return Err(err(kv.offset, ErrorKind::WrongType {
-                    key: kv.key.clone(),
-                    found: other.type_name(),
-                    expected: "uint32",
-                }))
+                return Err(err(
+                    kv.offset,
+                    ErrorKind::WrongType {
+                        key: kv.key.clone(),
+                        found: other.type_name(),
+                        expected: "uint32",
+                    },
+                ))
             }
         },
     };
@@ -212,7 +238,11 @@ pub fn scan<S: Source>(src: S, opts: &Options) -> Result<Header> {
         let count = model::int(&md, "split.count")?;
         let no = model::int(&md, "split.no")?;
         let tensors_count = model::int(&md, "split.tensors.count")?;
-        (count.is_some() || no.is_some() || tensors_count.is_some()).then_some(Split { count, no, tensors_count })
+        (count.is_some() || no.is_some() || tensors_count.is_some()).then_some(Split {
+            count,
+            no,
+            tensors_count,
+        })
     };
     let model = ModelParams::extract(&md, architecture.as_deref())?;
 
@@ -266,15 +296,19 @@ fn read_kv<S: Source>(r: &mut Reader<S>, md: &mut Metadata, opts: &Options) -> R
     } else {
         Value::Scalar(r.scalar(t)?)
     };
-    md.push(Kv { key, offset: at, value });
+    md.push(Kv {
+        key,
+        offset: at,
+        value,
+    });
     Ok(())
 }
 
 /// State of the walk over the tensor infos, checked as llama.cpp checks them.
 struct TensorWalk {
-    /// All names, concatenated; `spans` has (start, end, offset of the info).
+    /// All names, concatenated.
     names: String,
-    spans: Vec<(usize, usize, u64)>,
+    spans: Vec<NameSpan>,
     infos: Option<Vec<TensorInfo>>,
     /// Where the next tensor's data must start: the padded sizes so far.
     expected_offset: u64,
@@ -290,16 +324,29 @@ impl TensorWalk {
         let name_bytes = r.string_bytes().map_err(|e| e.followed_by(16))?;
         let name_len = name_bytes.len() as u64;
         if name_len >= GGML_MAX_NAME {
-            return Err(err(at, ErrorKind::TensorNameTooLong { len: name_len, max: GGML_MAX_NAME - 1 }));
+            return Err(err(
+                at,
+                ErrorKind::TensorNameTooLong {
+                    len: name_len,
+                    max: GGML_MAX_NAME - 1,
+                },
+            ));
         }
         let name = std::str::from_utf8(name_bytes).map_err(|_| err(at, ErrorKind::InvalidUtf8))?;
         let start = self.names.len();
         self.names.push_str(name);
-        self.spans.push((start, self.names.len(), at));
+        self.spans.push(NameSpan {
+            hash: fnv1a(name.as_bytes()),
+            start,
+            end: self.names.len(),
+            offset: at,
+        });
         let name = self.infos.is_some().then(|| name.to_owned());
 
         let dims_at = r.pos;
-        let n_dims = r.u32("tensor dimension count").map_err(|e| e.followed_by(12))?;
+        let n_dims = r
+            .u32("tensor dimension count")
+            .map_err(|e| e.followed_by(12))?;
         if n_dims > GGML_MAX_DIMS {
             return Err(err(dims_at, ErrorKind::TooManyDims(n_dims)));
         }
@@ -317,14 +364,16 @@ impl TensorWalk {
             if ne < 0 {
                 return Err(err(dim_at, ErrorKind::NegativeDim { dim: d, value: ne }));
             }
-            n_elements = n_elements.checked_mul(ne).ok_or_else(|| err(dims_at, ErrorKind::ShapeOverflow))?;
+            n_elements = n_elements
+                .checked_mul(ne)
+                .ok_or_else(|| err(dims_at, ErrorKind::ShapeOverflow))?;
             shape.push(ne as u64);
         }
 
         let type_at = r.pos;
         let ggml_type = r.u32("tensor type").map_err(|e| e.followed_by(8))?;
-        let (block, type_size) =
-            ggml::type_size(ggml_type).ok_or_else(|| err(type_at, ErrorKind::UnknownTensorType(ggml_type)))?;
+        let (block, type_size) = ggml::type_size(ggml_type)
+            .ok_or_else(|| err(type_at, ErrorKind::UnknownTensorType(ggml_type)))?;
         let ne0 = shape.first().map_or(1, |&n| n as i64);
         if ne0 % block as i64 != 0 {
             return Err(err(type_at, ErrorKind::RowNotBlockAligned { ne0, block }));
@@ -336,28 +385,68 @@ impl TensorWalk {
         let offset_at = r.pos;
         let offset = r.u64("tensor data offset")?;
         if offset != self.expected_offset {
-            return Err(err(offset_at, ErrorKind::BadTensorOffset { offset, expected: self.expected_offset }));
+            return Err(err(
+                offset_at,
+                ErrorKind::BadTensorOffset {
+                    offset,
+                    expected: self.expected_offset,
+                },
+            ));
         }
         let padded = align_up(n_bytes, self.alignment, offset_at)?;
-        self.expected_offset =
-            offset.checked_add(padded).ok_or_else(|| err(offset_at, ErrorKind::SizeOverflow))?;
+        self.expected_offset = offset
+            .checked_add(padded)
+            .ok_or_else(|| err(offset_at, ErrorKind::SizeOverflow))?;
         self.data_end = offset + n_bytes; // <= expected_offset
 
         if let (Some(infos), Some(name)) = (&mut self.infos, name) {
-            infos.push(TensorInfo { name, shape, ggml_type, offset, n_bytes });
+            infos.push(TensorInfo {
+                name,
+                shape,
+                ggml_type,
+                offset,
+                n_bytes,
+            });
         }
         Ok(())
     }
 
-    /// Two tensors with the same name: found by sorting (no hashing of
-    /// names chosen by the file, so no quadratic worst case).
+    /// Two tensors with the same name: found by sorting by (hash, name), so
+    /// that names are compared only when their hashes are equal, and a file
+    /// full of colliding names costs a sort, never a quadratic search.
     fn check_names_unique(&self) -> Result<()> {
-        let name = |&(start, end, _): &(usize, usize, u64)| self.names.get(start..end).unwrap_or_default();
-        let mut order: Vec<&(usize, usize, u64)> = self.spans.iter().collect();
-        order.sort_unstable_by(|a, b| name(a).cmp(name(b)).then(a.2.cmp(&b.2)));
-        match order.windows(2).find(|pair| pair.first().map(|a| name(a)) == pair.get(1).map(|b| name(b))) {
-            Some(&[_, second]) => Err(err(second.2, ErrorKind::DuplicateTensor(name(second).to_owned()))),
+        let name = |s: &NameSpan| self.names.get(s.start..s.end).unwrap_or_default();
+        let mut order: Vec<&NameSpan> = self.spans.iter().collect();
+        order.sort_unstable_by(|a, b| {
+            a.hash
+                .cmp(&b.hash)
+                .then_with(|| name(a).cmp(name(b)))
+                .then(a.offset.cmp(&b.offset))
+        });
+        let same = |a: &NameSpan, b: &NameSpan| a.hash == b.hash && name(a) == name(b);
+        match order
+            .windows(2)
+            .find(|pair| matches!(pair, [a, b] if same(a, b)))
+        {
+            Some(&[_, second]) => Err(err(
+                second.offset,
+                ErrorKind::DuplicateTensor(name(second).to_owned()),
+            )),
             _ => Ok(()),
         }
     }
+}
+
+/// Where one tensor name is in `TensorWalk::names`, and where its info is.
+struct NameSpan {
+    hash: u64,
+    start: usize,
+    end: usize,
+    offset: u64,
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

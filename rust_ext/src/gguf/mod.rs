@@ -22,7 +22,7 @@ use std::path::Path;
 
 pub use error::{ErrorKind, GgufError, Item, Result};
 pub use header::{ArraySelection, Header, Kv, Metadata, Options, Split, TensorInfo};
-pub use model::{IntOrList, ModelParams, SwaPattern};
+pub use model::{Field, IntOrList, ModelParams, SwaPattern};
 pub use reader::{MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_STRING_LEN};
 pub use source::{FileSource, SliceSource, Source};
 pub use value::{Array, ArrayValues, Int, Scalar, Value, ValueType};
@@ -40,13 +40,202 @@ pub fn scan_bytes(data: &[u8], opts: &Options) -> Result<Header> {
 pub fn scan_file(path: &Path, opts: &Options) -> Result<Header> {
     let io = |e| GgufError::new(0, ErrorKind::Io(e));
     let src = FileSource::new(File::open(path).map_err(io)?).map_err(io)?;
-    let file_len = src.len();
+    let file_len = src.size();
     let h = header::scan(src, opts)?;
     if h.tensor_data_end > 0 {
         let end = h.header_size.saturating_add(h.tensor_data_end);
         if end > file_len {
-            return Err(GgufError::new(file_len, ErrorKind::DataTruncated { end, file_len }));
+            return Err(GgufError::new(
+                file_len,
+                ErrorKind::DataTruncated { end, file_len },
+            ));
         }
     }
     Ok(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small GGUF encoder: `wide` false writes v1 (32-bit lengths).
+    struct Enc {
+        out: Vec<u8>,
+        wide: bool,
+        be: bool,
+    }
+
+    impl Enc {
+        fn new(version: u32, be: bool) -> Self {
+            let mut e = Enc {
+                out: b"GGUF".to_vec(),
+                wide: version >= 2,
+                be,
+            };
+            e.u32(version);
+            e
+        }
+        fn u32(&mut self, x: u32) -> &mut Self {
+            self.out.extend(if self.be {
+                x.to_be_bytes()
+            } else {
+                x.to_le_bytes()
+            });
+            self
+        }
+        fn u64(&mut self, x: u64) -> &mut Self {
+            self.out.extend(if self.be {
+                x.to_be_bytes()
+            } else {
+                x.to_le_bytes()
+            });
+            self
+        }
+        fn len(&mut self, n: usize) -> &mut Self {
+            if self.wide {
+                self.u64(n as u64)
+            } else {
+                self.u32(n as u32)
+            }
+        }
+        fn str(&mut self, s: &str) -> &mut Self {
+            self.len(s.len());
+            self.out.extend(s.as_bytes());
+            self
+        }
+        fn key(&mut self, k: &str, t: u32) -> &mut Self {
+            self.str(k).u32(t)
+        }
+    }
+
+    /// Every value type, nested arrays, a vocabulary and three tensors.
+    fn sample(version: u32, be: bool) -> Vec<u8> {
+        let mut e = Enc::new(version, be);
+        e.len(3).len(9);
+        e.key("general.architecture", 8).str("llama");
+        e.key("llama.context_length", 4).u32(4096);
+        e.key("llama.attention.head_count_kv", 9)
+            .u32(5)
+            .len(3)
+            .u32(8)
+            .u32(8)
+            .u32(4);
+        e.key("x.f64", 12).u64(1.5f64.to_bits());
+        e.key("x.i8", 1).out.push(0xff);
+        e.key("x.bool", 7).out.push(1);
+        e.key("x.nested", 9).u32(9).len(2);
+        e.u32(8).len(2).str("ab").str("");
+        e.u32(6).len(1).u32(2.5f32.to_bits());
+        let tokens: Vec<String> = (0..3000).map(|i| format!("tok{i}")).collect();
+        e.key("tokenizer.ggml.tokens", 9).u32(8).len(tokens.len());
+        for t in &tokens {
+            e.str(t);
+        }
+        e.key("tokenizer.chat_template", 8).str("{{ messages }}");
+        let mut offset = 0;
+        for (name, ne, t, size) in [
+            ("a", [64u64, 2], 0u32, 512u64),
+            ("b", [256, 1], 12, 144),
+            ("c", [32, 3], 8, 102),
+        ] {
+            e.str(name).u32(2);
+            for d in ne {
+                if e.wide {
+                    e.u64(d);
+                } else {
+                    e.u32(d as u32);
+                }
+            }
+            e.u32(t).u64(offset);
+            offset += size.div_ceil(32) * 32;
+        }
+        e.out
+    }
+
+    #[test]
+    fn sample_headers_of_every_version_and_byte_order_scan() {
+        for (version, be) in [(1, false), (2, false), (3, false), (3, true)] {
+            let data = sample(version, be);
+            let opts = Options {
+                tensors: true,
+                array_values: ArraySelection::All,
+            };
+            let h = scan_bytes(&data, &opts).unwrap_or_else(|e| panic!("v{version} be={be}: {e}"));
+            assert_eq!(
+                (h.version, h.big_endian, h.kv_count, h.tensor_count),
+                (version, be, 9, 3)
+            );
+            assert_eq!(h.architecture.as_deref(), Some("llama"));
+            assert_eq!(h.chat_template.as_deref(), Some("{{ messages }}"));
+            assert_eq!(h.model.context_length, Some(Int::Unsigned(4096)));
+            assert_eq!(h.model.vocab_size, Some(Int::Unsigned(3000)));
+            assert_eq!(
+                h.model.head_count_kv,
+                Some(IntOrList::List(vec![
+                    Int::Signed(8),
+                    Int::Signed(8),
+                    Int::Signed(4)
+                ]))
+            );
+            let sizes: Vec<u64> = h.tensors.iter().flatten().map(|t| t.n_bytes).collect();
+            assert_eq!(sizes, [512, 144, 102]);
+            assert_eq!(h.tensor_data_size, 512 + 160 + 128);
+            assert_eq!(h.header_size, (data.len() as u64).div_ceil(32) * 32);
+        }
+    }
+
+    #[test]
+    fn every_prefix_asks_for_a_lower_bound_of_the_missing_bytes() {
+        for (version, be) in [(1, false), (3, false), (3, true)] {
+            let data = sample(version, be);
+            for n in 0..data.len() {
+                let e = scan_bytes(&data[..n], &Options::default()).err();
+                let needed = e.as_ref().and_then(|e| e.bytes_needed(n as u64));
+                assert!(
+                    matches!(needed, Some(k) if k > 0 && n as u64 + k <= data.len() as u64),
+                    "v{version} prefix {n}: {e:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_corruption_never_panics() {
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let opts = Options {
+            tensors: true,
+            array_values: ArraySelection::All,
+        };
+        for (version, be) in [(1, false), (3, false), (3, true)] {
+            let data = sample(version, be);
+            for _ in 0..20_000 {
+                let mut bad = data.clone();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() % bad.len() as u64) as usize;
+                    match next() % 3 {
+                        0 => bad[at] = next() as u8,
+                        1 => bad[at] ^= 1 << (next() % 8),
+                        _ => {
+                            let v = next().to_le_bytes();
+                            let end = (at + 8).min(bad.len());
+                            bad[at..end].copy_from_slice(&v[..end - at]);
+                        }
+                    }
+                }
+                let cut = if next() % 4 == 0 {
+                    (next() % bad.len() as u64) as usize
+                } else {
+                    bad.len()
+                };
+                // Ok or Err: what matters is that it returns.
+                let _ = scan_bytes(&bad[..cut], &opts);
+            }
+        }
+    }
 }

@@ -45,30 +45,98 @@ pub struct ModelParams {
     pub file_type: Option<Int>,
 }
 
+/// One field's value, borrowed: for callers that list the fields by name.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Field<'a> {
+    Int(Int),
+    Ints(&'a [Int]),
+    Flags(&'a [bool]),
+}
+
+impl ModelParams {
+    /// Every field by name (the names callers see), in a fixed order.
+    pub fn fields(&self) -> [(&'static str, Option<Field<'_>>); 20] {
+        let int = |v: Option<Int>| v.map(Field::Int);
+        fn per_layer(v: &Option<IntOrList>) -> Option<Field<'_>> {
+            match v {
+                None => None,
+                Some(IntOrList::Int(i)) => Some(Field::Int(*i)),
+                Some(IntOrList::List(l)) => Some(Field::Ints(l)),
+            }
+        }
+        let swa = match &self.sliding_window_pattern {
+            None => None,
+            Some(SwaPattern::Period(i)) => Some(Field::Int(*i)),
+            Some(SwaPattern::Layers(l)) => Some(Field::Flags(l)),
+        };
+        [
+            ("context_length", int(self.context_length)),
+            ("block_count", int(self.block_count)),
+            ("head_count", per_layer(&self.head_count)),
+            ("head_count_kv", per_layer(&self.head_count_kv)),
+            ("embedding_length", int(self.embedding_length)),
+            ("key_length", int(self.key_length)),
+            ("value_length", int(self.value_length)),
+            ("sliding_window", int(self.sliding_window)),
+            ("sliding_window_pattern", swa),
+            ("full_attention_interval", int(self.full_attention_interval)),
+            ("kv_lora_rank", int(self.kv_lora_rank)),
+            ("key_length_mla", int(self.key_length_mla)),
+            ("ssm_conv_kernel", int(self.ssm_conv_kernel)),
+            ("ssm_inner_size", int(self.ssm_inner_size)),
+            ("ssm_state_size", int(self.ssm_state_size)),
+            ("ssm_group_count", int(self.ssm_group_count)),
+            ("expert_count", int(self.expert_count)),
+            ("expert_used_count", per_layer(&self.expert_used_count)),
+            ("vocab_size", int(self.vocab_size)),
+            ("file_type", int(self.file_type)),
+        ]
+    }
+}
+
 /// Keys (by suffix) that llama.cpp accepts as a scalar or a per-layer array:
 /// the scanner reads these arrays' values even when not asked to (they are
 /// one element per layer).
-const PER_LAYER_SUFFIXES: [&str; 4] =
-    [".attention.head_count", ".attention.head_count_kv", ".expert_used_count", ".attention.sliding_window_pattern"];
+const PER_LAYER_SUFFIXES: [&str; 4] = [
+    ".attention.head_count",
+    ".attention.head_count_kv",
+    ".expert_used_count",
+    ".attention.sliding_window_pattern",
+];
 
 pub(crate) fn needs_values(key: &str, elem: ValueType) -> bool {
-    (elem.is_integer() || elem == ValueType::Bool) && PER_LAYER_SUFFIXES.iter().any(|s| key.ends_with(s))
+    (elem.is_integer() || elem == ValueType::Bool)
+        && PER_LAYER_SUFFIXES.iter().any(|s| key.ends_with(s))
 }
 
 fn wrong_type(key: &str, offset: u64, value: &Value, expected: &'static str) -> GgufError {
-    GgufError::new(offset, ErrorKind::WrongType { key: key.to_owned(), found: value.type_name(), expected })
+    GgufError::new(
+        offset,
+        ErrorKind::WrongType {
+            key: key.to_owned(),
+            found: value.type_name(),
+            expected,
+        },
+    )
 }
 
 pub(crate) fn int(md: &Metadata, key: &str) -> Result<Option<Int>> {
-    let Some(kv) = md.get(key) else { return Ok(None) };
+    let Some(kv) = md.get(key) else {
+        return Ok(None);
+    };
     match &kv.value {
-        Value::Scalar(s) => s.as_int().map(Some).ok_or_else(|| wrong_type(key, kv.offset, &kv.value, "an integer")),
+        Value::Scalar(s) => s
+            .as_int()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, kv.offset, &kv.value, "an integer")),
         Value::Array(_) => Err(wrong_type(key, kv.offset, &kv.value, "an integer")),
     }
 }
 
 pub(crate) fn string<'a>(md: &'a Metadata, key: &str) -> Result<Option<&'a str>> {
-    let Some(kv) = md.get(key) else { return Ok(None) };
+    let Some(kv) = md.get(key) else {
+        return Ok(None);
+    };
     match &kv.value {
         Value::Scalar(Scalar::String(s)) => Ok(Some(s)),
         _ => Err(wrong_type(key, kv.offset, &kv.value, "a string")),
@@ -76,21 +144,33 @@ pub(crate) fn string<'a>(md: &'a Metadata, key: &str) -> Result<Option<&'a str>>
 }
 
 fn int_or_list(md: &Metadata, key: &str) -> Result<Option<IntOrList>> {
-    let Some(kv) = md.get(key) else { return Ok(None) };
+    let Some(kv) = md.get(key) else {
+        return Ok(None);
+    };
     let expected = "an integer or an array of integers";
     match &kv.value {
         Value::Scalar(s) => s.as_int().map(|i| Some(IntOrList::Int(i))),
-        Value::Array(a) => a.values.as_ref().and_then(|v| v.to_ints()).map(|l| Some(IntOrList::List(l))),
+        Value::Array(a) => a
+            .values
+            .as_ref()
+            .and_then(|v| v.to_ints())
+            .map(|l| Some(IntOrList::List(l))),
     }
     .ok_or_else(|| wrong_type(key, kv.offset, &kv.value, expected))
 }
 
 fn swa_pattern(md: &Metadata, key: &str) -> Result<Option<SwaPattern>> {
-    let Some(kv) = md.get(key) else { return Ok(None) };
+    let Some(kv) = md.get(key) else {
+        return Ok(None);
+    };
     let expected = "an integer or an array of bools or integers";
     match &kv.value {
         Value::Scalar(s) => s.as_int().map(|i| Some(SwaPattern::Period(i))),
-        Value::Array(a) => a.values.as_ref().and_then(|v| v.to_flags()).map(|l| Some(SwaPattern::Layers(l))),
+        Value::Array(a) => a
+            .values
+            .as_ref()
+            .and_then(|v| v.to_flags())
+            .map(|l| Some(SwaPattern::Layers(l))),
     }
     .ok_or_else(|| wrong_type(key, kv.offset, &kv.value, expected))
 }
@@ -99,7 +179,10 @@ impl ModelParams {
     /// Reads the hyperparameters of architecture `arch` (`None`: only the
     /// architecture-independent ones).
     pub fn extract(md: &Metadata, arch: Option<&str>) -> Result<ModelParams> {
-        let mut p = ModelParams { file_type: int(md, "general.file_type")?, ..ModelParams::default() };
+        let mut p = ModelParams {
+            file_type: int(md, "general.file_type")?,
+            ..ModelParams::default()
+        };
         if let Some(a) = arch {
             let k = |suffix: &str| format!("{a}.{suffix}");
             p.context_length = int(md, &k("context_length"))?;
@@ -123,7 +206,8 @@ impl ModelParams {
             p.vocab_size = int(md, &k("vocab_size"))?;
         }
         if p.vocab_size.is_none() {
-            if let Some(Value::Array(tokens)) = md.get("tokenizer.ggml.tokens").map(|kv| &kv.value) {
+            if let Some(Value::Array(tokens)) = md.get("tokenizer.ggml.tokens").map(|kv| &kv.value)
+            {
                 p.vocab_size = Some(Int::Unsigned(tokens.len));
             }
         }

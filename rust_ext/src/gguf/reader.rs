@@ -50,11 +50,17 @@ macro_rules! decode_vec {
 
 impl<S: Source> Reader<S> {
     pub fn new(src: S) -> Self {
-        let len = src.len();
-        Reader { src, len, pos: 0, big_endian: false, wide: true }
+        let len = src.size();
+        Reader {
+            src,
+            len,
+            pos: 0,
+            big_endian: false,
+            wide: true,
+        }
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.len
     }
 
@@ -75,7 +81,12 @@ impl<S: Source> Reader<S> {
         if needed > remaining {
             return Err(GgufError::new(
                 err_at,
-                ErrorKind::Truncated { item, needed, remaining, min_total: at.saturating_add(needed) },
+                ErrorKind::Truncated {
+                    item,
+                    needed,
+                    remaining,
+                    min_total: at.saturating_add(needed),
+                },
             ));
         }
         Ok(())
@@ -86,15 +97,21 @@ impl<S: Source> Reader<S> {
     pub fn take(&mut self, n: u64, item: Item) -> Result<&[u8]> {
         let at = self.pos;
         self.check(at, n, item, at)?;
-        let n_usize = usize::try_from(n).map_err(|_| GgufError::new(at, ErrorKind::SizeOverflow))?;
+        let n_usize =
+            usize::try_from(n).map_err(|_| GgufError::new(at, ErrorKind::SizeOverflow))?;
         self.pos = at + n;
         let window = self.src.window(at, n_usize).map_err(|e| io_error(at, e))?;
-        window.get(..n_usize).ok_or_else(|| GgufError::new(at, ErrorKind::Truncated {
-            item,
-            needed: n,
-            remaining: 0,
-            min_total: at.saturating_add(n),
-        }))
+        window.get(..n_usize).ok_or_else(|| {
+            GgufError::new(
+                at,
+                ErrorKind::Truncated {
+                    item,
+                    needed: n,
+                    remaining: 0,
+                    min_total: at.saturating_add(n),
+                },
+            )
+        })
     }
 
     /// Moves past `n` bytes without reading them (checked).
@@ -109,27 +126,44 @@ impl<S: Source> Reader<S> {
     fn bytes<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
         let at = self.pos;
         let s = self.take(N as u64, Item::Field(what))?;
-        s.try_into().map_err(|_| GgufError::new(at, ErrorKind::Truncated {
-            item: Item::Field(what),
-            needed: N as u64,
-            remaining: 0,
-            min_total: at.saturating_add(N as u64),
-        }))
+        s.try_into().map_err(|_| {
+            GgufError::new(
+                at,
+                ErrorKind::Truncated {
+                    item: Item::Field(what),
+                    needed: N as u64,
+                    remaining: 0,
+                    min_total: at.saturating_add(N as u64),
+                },
+            )
+        })
     }
 
     pub fn u32(&mut self, what: &'static str) -> Result<u32> {
         let b = self.bytes::<4>(what)?;
-        Ok(if self.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+        Ok(if self.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        })
     }
 
     pub fn u64(&mut self, what: &'static str) -> Result<u64> {
         let b = self.bytes::<8>(what)?;
-        Ok(if self.big_endian { u64::from_be_bytes(b) } else { u64::from_le_bytes(b) })
+        Ok(if self.big_endian {
+            u64::from_be_bytes(b)
+        } else {
+            u64::from_le_bytes(b)
+        })
     }
 
     pub fn i64(&mut self, what: &'static str) -> Result<i64> {
         let b = self.bytes::<8>(what)?;
-        Ok(if self.big_endian { i64::from_be_bytes(b) } else { i64::from_le_bytes(b) })
+        Ok(if self.big_endian {
+            i64::from_be_bytes(b)
+        } else {
+            i64::from_le_bytes(b)
+        })
     }
 
     /// A string length or array count: 64-bit in v2+, 32-bit in v1.
@@ -146,7 +180,13 @@ impl<S: Source> Reader<S> {
         let at = self.pos;
         let len = self.length("string length")?;
         if len > MAX_STRING_LEN {
-            return Err(GgufError::new(at, ErrorKind::StringTooLong { len, max: MAX_STRING_LEN }));
+            return Err(GgufError::new(
+                at,
+                ErrorKind::StringTooLong {
+                    len,
+                    max: MAX_STRING_LEN,
+                },
+            ));
         }
         self.check(self.pos, len, Item::String, at)?;
         self.take(len, Item::String)
@@ -176,30 +216,52 @@ impl<S: Source> Reader<S> {
             ValueType::Bool => Scalar::Bool(self.bytes::<1>("bool value")? != [0]),
             ValueType::U16 => {
                 let b = self.bytes::<2>("uint16 value")?;
-                Scalar::U16(if be { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+                Scalar::U16(if be {
+                    u16::from_be_bytes(b)
+                } else {
+                    u16::from_le_bytes(b)
+                })
             }
             ValueType::I16 => {
                 let b = self.bytes::<2>("int16 value")?;
-                Scalar::I16(if be { i16::from_be_bytes(b) } else { i16::from_le_bytes(b) })
+                Scalar::I16(if be {
+                    i16::from_be_bytes(b)
+                } else {
+                    i16::from_le_bytes(b)
+                })
             }
             ValueType::U32 => Scalar::U32(self.u32("uint32 value")?),
             ValueType::I32 => {
                 let b = self.bytes::<4>("int32 value")?;
-                Scalar::I32(if be { i32::from_be_bytes(b) } else { i32::from_le_bytes(b) })
+                Scalar::I32(if be {
+                    i32::from_be_bytes(b)
+                } else {
+                    i32::from_le_bytes(b)
+                })
             }
             ValueType::F32 => {
                 let b = self.bytes::<4>("float32 value")?;
-                Scalar::F32(if be { f32::from_be_bytes(b) } else { f32::from_le_bytes(b) })
+                Scalar::F32(if be {
+                    f32::from_be_bytes(b)
+                } else {
+                    f32::from_le_bytes(b)
+                })
             }
             ValueType::U64 => Scalar::U64(self.u64("uint64 value")?),
             ValueType::I64 => Scalar::I64(self.i64("int64 value")?),
             ValueType::F64 => {
                 let b = self.bytes::<8>("float64 value")?;
-                Scalar::F64(if be { f64::from_be_bytes(b) } else { f64::from_le_bytes(b) })
+                Scalar::F64(if be {
+                    f64::from_be_bytes(b)
+                } else {
+                    f64::from_le_bytes(b)
+                })
             }
             ValueType::String => Scalar::String(self.string()?),
             // The caller handles arrays; an array is never a scalar.
-            ValueType::Array => return Err(GgufError::new(self.pos, ErrorKind::InvalidValueType(9))),
+            ValueType::Array => {
+                return Err(GgufError::new(self.pos, ErrorKind::InvalidValueType(9)))
+            }
         })
     }
 
@@ -217,12 +279,23 @@ impl<S: Source> Reader<S> {
     pub fn array_header(&mut self, depth: u32) -> Result<(ValueType, u64)> {
         let at = self.pos;
         if depth > MAX_ARRAY_DEPTH {
-            return Err(GgufError::new(at, ErrorKind::NestingTooDeep { max: MAX_ARRAY_DEPTH }));
+            return Err(GgufError::new(
+                at,
+                ErrorKind::NestingTooDeep {
+                    max: MAX_ARRAY_DEPTH,
+                },
+            ));
         }
         let elem = self.value_type("array element type")?;
         let count = self.length("array count")?;
         if count > MAX_ARRAY_LEN {
-            return Err(GgufError::new(at, ErrorKind::ArrayTooLong { count, max: MAX_ARRAY_LEN }));
+            return Err(GgufError::new(
+                at,
+                ErrorKind::ArrayTooLong {
+                    count,
+                    max: MAX_ARRAY_LEN,
+                },
+            ));
         }
         // count <= 2^30 and sizes <= 16: no overflow.
         let min = count * self.min_elem_size(elem);
@@ -239,8 +312,11 @@ impl<S: Source> Reader<S> {
                 let min = 4 + self.len_size();
                 for i in 0..count {
                     let following = (count - i - 1) * min;
-                    let (t, n) = self.array_header(depth + 1).map_err(|e| e.followed_by(following))?;
-                    self.skip_array(t, n, depth + 1).map_err(|e| e.followed_by(following))?;
+                    let (t, n) = self
+                        .array_header(depth + 1)
+                        .map_err(|e| e.followed_by(following))?;
+                    self.skip_array(t, n, depth + 1)
+                        .map_err(|e| e.followed_by(following))?;
                 }
                 Ok(())
             }
@@ -255,12 +331,19 @@ impl<S: Source> Reader<S> {
     /// bytes (walking the window in memory, see [`walk`]).
     fn skip_strings(&mut self, count: u64) -> Result<()> {
         let lw = self.len_size();
-        let prefix = Prefix { wide: self.wide, big_endian: self.big_endian };
+        let prefix = Prefix {
+            wide: self.wide,
+            big_endian: self.big_endian,
+        };
         let mut left = count;
         while left > 0 {
             let at = self.pos;
-            self.check(at, lw, Item::Field("string length"), at).map_err(|e| e.followed_by((left - 1) * lw))?;
-            let window = self.src.window(at, lw as usize).map_err(|e| io_error(at, e))?;
+            self.check(at, lw, Item::Field("string length"), at)
+                .map_err(|e| e.followed_by((left - 1) * lw))?;
+            let window = self
+                .src
+                .window(at, lw as usize)
+                .map_err(|e| io_error(at, e))?;
             let w = walk::walk(window, left, prefix);
             left -= w.walked;
             let str_at = at + w.off as u64;
@@ -268,13 +351,20 @@ impl<S: Source> Reader<S> {
             match w.stop {
                 Stop::Done | Stop::WindowEnd => {}
                 Stop::TooLong { len } => {
-                    return Err(GgufError::new(str_at, ErrorKind::StringTooLong { len, max: MAX_STRING_LEN }));
+                    return Err(GgufError::new(
+                        str_at,
+                        ErrorKind::StringTooLong {
+                            len,
+                            max: MAX_STRING_LEN,
+                        },
+                    ));
                 }
                 Stop::Spill { len } => {
                     // The string runs past the window: seek over it.
                     left -= 1;
                     let body_at = str_at + lw;
-                    self.check(body_at, len, Item::String, str_at).map_err(|e| e.followed_by(left * lw))?;
+                    self.check(body_at, len, Item::String, str_at)
+                        .map_err(|e| e.followed_by(left * lw))?;
                     self.pos = body_at + len;
                 }
             }
@@ -291,8 +381,12 @@ impl<S: Source> Reader<S> {
         let cap = usize::try_from(count).unwrap_or(0);
         Ok(match elem {
             ValueType::U8 => ArrayValues::U8(self.take(count, item)?.to_vec()),
-            ValueType::I8 => ArrayValues::I8(self.take(count, item)?.iter().map(|&b| b as i8).collect()),
-            ValueType::Bool => ArrayValues::Bool(self.take(count, item)?.iter().map(|&b| b != 0).collect()),
+            ValueType::I8 => {
+                ArrayValues::I8(self.take(count, item)?.iter().map(|&b| b as i8).collect())
+            }
+            ValueType::Bool => {
+                ArrayValues::Bool(self.take(count, item)?.iter().map(|&b| b != 0).collect())
+            }
             ValueType::U16 => ArrayValues::U16(decode_vec!(self.take(count * 2, item)?, u16, be)),
             ValueType::I16 => ArrayValues::I16(decode_vec!(self.take(count * 2, item)?, i16, be)),
             ValueType::U32 => ArrayValues::U32(decode_vec!(self.take(count * 4, item)?, u32, be)),
@@ -305,7 +399,10 @@ impl<S: Source> Reader<S> {
                 let lw = self.len_size();
                 let mut out = Vec::with_capacity(cap);
                 for i in 0..count {
-                    out.push(self.string().map_err(|e| e.followed_by((count - i - 1) * lw))?);
+                    out.push(
+                        self.string()
+                            .map_err(|e| e.followed_by((count - i - 1) * lw))?,
+                    );
                 }
                 ArrayValues::String(out)
             }
@@ -314,9 +411,17 @@ impl<S: Source> Reader<S> {
                 let mut out = Vec::with_capacity(cap);
                 for i in 0..count {
                     let following = (count - i - 1) * min;
-                    let (t, n) = self.array_header(depth + 1).map_err(|e| e.followed_by(following))?;
-                    let values = self.read_array(t, n, depth + 1).map_err(|e| e.followed_by(following))?;
-                    out.push(Array { elem: t, len: n, values: Some(values) });
+                    let (t, n) = self
+                        .array_header(depth + 1)
+                        .map_err(|e| e.followed_by(following))?;
+                    let values = self
+                        .read_array(t, n, depth + 1)
+                        .map_err(|e| e.followed_by(following))?;
+                    out.push(Array {
+                        elem: t,
+                        len: n,
+                        values: Some(values),
+                    });
                 }
                 ArrayValues::Array(out)
             }

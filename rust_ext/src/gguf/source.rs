@@ -1,7 +1,7 @@
 //! Where the header bytes come from: a byte slice, or a file read in chunks.
 //!
 //! The reader asks for a window of bytes at a position; it checks every
-//! length against [`Source::len`] before asking, so a source never has to
+//! length against [`Source::size`] before asking, so a source never has to
 //! hand out more than the data holds, and a file source never allocates more
 //! than the file's size.
 
@@ -12,7 +12,7 @@ use std::sync::Mutex;
 /// Random access to the bytes of a GGUF header.
 pub trait Source {
     /// How many bytes the data holds.
-    fn len(&self) -> u64;
+    fn size(&self) -> u64;
 
     /// The bytes from `pos` on, at least `min` of them (the caller checked
     /// that `pos + min <= len()`); more when they are at hand.
@@ -20,7 +20,10 @@ pub trait Source {
 }
 
 fn short_read() -> io::Error {
-    io::Error::new(io::ErrorKind::UnexpectedEof, "the data ended while it was being read")
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the data ended while it was being read",
+    )
 }
 
 /// A complete or truncated copy of the header in memory.
@@ -35,13 +38,16 @@ impl<'a> SliceSource<'a> {
 }
 
 impl Source for SliceSource<'_> {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.data.len() as u64
     }
 
     #[inline]
     fn window(&mut self, pos: u64, min: usize) -> io::Result<&[u8]> {
-        let rest = usize::try_from(pos).ok().and_then(|p| self.data.get(p..)).ok_or_else(short_read)?;
+        let rest = usize::try_from(pos)
+            .ok()
+            .and_then(|p| self.data.get(p..))
+            .ok_or_else(short_read)?;
         if rest.len() < min {
             return Err(short_read());
         }
@@ -71,8 +77,17 @@ static SPARE_BUFFER: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 impl FileSource {
     pub fn new(file: File) -> io::Result<Self> {
         let len = file.metadata()?.len();
-        let buf = SPARE_BUFFER.try_lock().map(|mut spare| std::mem::take(&mut *spare)).unwrap_or_default();
-        Ok(FileSource { file, len, buf, start: 0, filled: 0 })
+        let buf = SPARE_BUFFER
+            .try_lock()
+            .map(|mut spare| std::mem::take(&mut *spare))
+            .unwrap_or_default();
+        Ok(FileSource {
+            file,
+            len,
+            buf,
+            start: 0,
+            filled: 0,
+        })
     }
 }
 
@@ -87,7 +102,7 @@ impl Drop for FileSource {
 }
 
 impl Source for FileSource {
-    fn len(&self) -> u64 {
+    fn size(&self) -> u64 {
         self.len
     }
 
@@ -103,13 +118,17 @@ impl Source for FileSource {
                 // file has one left. `min` was checked against the file
                 // size, so the buffer never grows past the file.
                 let left = self.len.saturating_sub(pos);
-                let want = usize::try_from(left).unwrap_or(usize::MAX).min(CHUNK.max(min));
+                let want = usize::try_from(left)
+                    .unwrap_or(usize::MAX)
+                    .min(CHUNK.max(min));
                 if want < min {
                     return Err(short_read());
                 }
                 if self.buf.len() < want {
                     self.buf = Vec::new();
-                    self.buf.try_reserve_exact(want).map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
+                    self.buf
+                        .try_reserve_exact(want)
+                        .map_err(|_| io::Error::from(io::ErrorKind::OutOfMemory))?;
                     self.buf.resize(want, 0);
                 }
                 let dst = self.buf.get_mut(..want).ok_or_else(short_read)?;

@@ -195,7 +195,11 @@ impl ArrayValues {
             return Some(v.clone());
         }
         let ints = self.to_ints()?;
-        Some(ints.iter().map(|i| !matches!(i, Int::Unsigned(0) | Int::Signed(0))).collect())
+        Some(
+            ints.iter()
+                .map(|i| !matches!(i, Int::Unsigned(0) | Int::Signed(0)))
+                .collect(),
+        )
     }
 }
 

@@ -120,7 +120,10 @@ fn walk_with<L: LenPrefix>(w: &[u8], count: u64) -> Walk {
 }
 
 fn add(walked: u64, w: Walk) -> Walk {
-    Walk { walked: walked + w.walked, ..w }
+    Walk {
+        walked: walked + w.walked,
+        ..w
+    }
 }
 
 /// One chain from `off`.
@@ -128,19 +131,35 @@ fn walk_serial<L: LenPrefix>(w: &[u8], mut off: usize, count: u64) -> Walk {
     let mut walked = 0;
     while walked < count {
         let Some(len) = L::read(w, off) else {
-            return Walk { off, walked, stop: Stop::WindowEnd };
+            return Walk {
+                off,
+                walked,
+                stop: Stop::WindowEnd,
+            };
         };
         if len > MAX_STRING_LEN {
-            return Walk { off, walked, stop: Stop::TooLong { len } };
+            return Walk {
+                off,
+                walked,
+                stop: Stop::TooLong { len },
+            };
         }
         let body = off + L::SIZE; // the prefix was in w: no overflow
         if len > w.len().saturating_sub(body) as u64 {
-            return Walk { off, walked, stop: Stop::Spill { len } };
+            return Walk {
+                off,
+                walked,
+                stop: Stop::Spill { len },
+            };
         }
         off = body + len as usize;
         walked += 1;
     }
-    Walk { off, walked, stop: Stop::Done }
+    Walk {
+        off,
+        walked,
+        stop: Stop::Done,
+    }
 }
 
 /// A position at or after `from` that looks like the start of a run of
@@ -159,37 +178,58 @@ fn guess_boundary<L: LenPrefix>(w: &[u8], from: usize) -> Option<usize> {
     })
 }
 
-/// One step of a chain at `pos` that must not go past `end`.
+/// One step of a chain at `pos` that must not go past `end` (<= `w.len()`).
 #[inline(always)]
 fn step<L: LenPrefix>(w: &[u8], pos: usize, end: usize) -> Option<usize> {
+    let body = pos.checked_add(L::SIZE)?;
+    if body > end {
+        return None;
+    }
     let len = L::read(w, pos)?;
-    let room = end.checked_sub(pos + L::SIZE)?;
-    (len <= room as u64).then_some(pos + L::SIZE + len as usize)
+    (len <= (end - body) as u64).then_some(body + len as usize)
 }
 
 /// CHAINS chains, chain i from `starts[i]` to `starts[i + 1]` (the last one
 /// to the end of `w`), stepped together; then checked one after the other.
+#[inline(never)] // its own registers: the loop below needs all of them
 fn walk_chains<L: LenPrefix>(w: &[u8], starts: [usize; CHAINS], count: u64) -> Walk {
     let mut ends = [w.len(); CHAINS];
     ends[..CHAINS - 1].copy_from_slice(&starts[1..]);
-    let mut pos = starts;
-    let mut n = [0u64; CHAINS];
     // All chains at once, while every chain can step and the strings walked
     // stay within count (none of the chains knows where the array ends).
-    let mut total = 0;
-    'together: while total + CHAINS as u64 <= count {
-        let mut next = [0usize; CHAINS];
-        for i in 0..CHAINS {
-            match step::<L>(w, pos[i], ends[i]) {
-                Some(p) => next[i] = p,
-                None => break 'together,
-            }
+    // Four plain variables, so that the positions stay in registers; a chain
+    // that cannot step ends the round (the chains before it stepped once more).
+    let [mut p0, mut p1, mut p2, mut p3] = starts;
+    let [e0, e1, e2, e3] = ends;
+    let (mut rounds, max_rounds) = (0u64, count / CHAINS as u64);
+    let mut stepped_last_round = 0;
+    while rounds < max_rounds {
+        match step::<L>(w, p0, e0) {
+            Some(q) => p0 = q,
+            None => break,
         }
-        pos = next;
-        for c in &mut n {
-            *c += 1;
+        stepped_last_round = 1;
+        match step::<L>(w, p1, e1) {
+            Some(q) => p1 = q,
+            None => break,
         }
-        total += CHAINS as u64;
+        stepped_last_round = 2;
+        match step::<L>(w, p2, e2) {
+            Some(q) => p2 = q,
+            None => break,
+        }
+        stepped_last_round = 3;
+        match step::<L>(w, p3, e3) {
+            Some(q) => p3 = q,
+            None => break,
+        }
+        stepped_last_round = 0;
+        rounds += 1;
+    }
+    let mut pos = [p0, p1, p2, p3];
+    let mut n = [rounds; CHAINS];
+    for c in n.iter_mut().take(stepped_last_round) {
+        *c += 1;
     }
     // Then each chain but the last up to its end, alone.
     for i in 0..CHAINS - 1 {
@@ -243,10 +283,18 @@ mod tests {
         for _ in 0..n {
             let len = rng.below(max_len + 1);
             if p.wide {
-                out.extend(if p.big_endian { len.to_be_bytes() } else { len.to_le_bytes() });
+                out.extend(if p.big_endian {
+                    len.to_be_bytes()
+                } else {
+                    len.to_le_bytes()
+                });
             } else {
                 let l = len as u32;
-                out.extend(if p.big_endian { l.to_be_bytes() } else { l.to_le_bytes() });
+                out.extend(if p.big_endian {
+                    l.to_be_bytes()
+                } else {
+                    l.to_le_bytes()
+                });
             }
             out.extend((0..len).map(|_| b'a' + rng.below(26) as u8));
         }
@@ -274,7 +322,12 @@ mod tests {
 
     /// Walks `count` strings of `data` the way the reader does, window
     /// after window: (end offset, strings walked, why it stopped).
-    fn drive(data: &[u8], count: u64, p: Prefix, f: fn(&[u8], u64, Prefix) -> Walk) -> (usize, u64, Stop) {
+    fn drive(
+        data: &[u8],
+        count: u64,
+        p: Prefix,
+        f: fn(&[u8], u64, Prefix) -> Walk,
+    ) -> (usize, u64, Stop) {
         let (mut off, mut walked) = (0usize, 0u64);
         loop {
             let r = f(&data[off..], count - walked, p);
@@ -299,7 +352,10 @@ mod tests {
     fn split_walk_equals_serial_walk_on_vocabularies_and_noise() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         for case in 0..400 {
-            let p = Prefix { wide: case % 3 != 0, big_endian: case % 5 == 0 };
+            let p = Prefix {
+                wide: case % 3 != 0,
+                big_endian: case % 5 == 0,
+            };
             let n = 500 + rng.below(5000) as usize;
             let mut data = strings(&mut rng, n, p, if case % 7 == 0 { 3000 } else { 20 });
             // Some cases: trailing noise, a truncated window, a corrupt length.
@@ -315,8 +371,66 @@ mod tests {
                 data[at] = 0xff;
             }
             for count in [n as u64, n as u64 / 2, n as u64 + 10] {
-                assert_eq!(drive(&data, count, p, walk), drive(&data, count, p, serial), "case {case} count {count}");
+                assert_eq!(
+                    drive(&data, count, p, walk),
+                    drive(&data, count, p, serial),
+                    "case {case} count {count}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn chains_started_at_wrong_guesses_walk_like_one_chain() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let p = Prefix {
+            wide: true,
+            big_endian: false,
+        };
+        let mut checked = 0;
+        for case in 0..500 {
+            let n = 50 + rng.below(400) as usize;
+            let mut data = strings(&mut rng, n, p, 12);
+            data.extend((0..rng.below(200)).map(|_| rng.below(4) as u8));
+            // Where every string starts, by the serial walk.
+            let mut starts_of = vec![0];
+            while let Some(&last) = starts_of.last() {
+                match walk_serial::<Le64>(&data, last, 1) {
+                    Walk {
+                        stop: Stop::Done,
+                        off,
+                        ..
+                    } if starts_of.len() <= n => starts_of.push(off),
+                    _ => break,
+                }
+            }
+            let mut guesses = [0usize; CHAINS];
+            for guess in guesses.iter_mut().skip(1) {
+                let at = starts_of[rng.below(starts_of.len() as u64) as usize];
+                *guess = match rng.below(3) {
+                    0 => at,                                        // a real boundary
+                    1 => at + 1 + rng.below(7) as usize,            // just off one
+                    _ => rng.below(data.len() as u64 + 1) as usize, // anywhere
+                };
+            }
+            guesses.sort_unstable();
+            if guesses.windows(2).any(|g| g[1] < g[0] + 8) || guesses[CHAINS - 1] + 8 > data.len() {
+                continue;
+            }
+            for count in [
+                n as u64,
+                n as u64 / 3,
+                n as u64 + 5,
+                rng.below(n as u64 + 1),
+            ] {
+                assert_eq!(
+                    walk_chains::<Le64>(&data, guesses, count),
+                    walk_serial::<Le64>(&data, 0, count),
+                    "case {case} guesses {guesses:?} count {count}"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked > 250, "only {checked} cases had usable guesses");
     }
 }
