@@ -65,14 +65,19 @@ class LlamaServerLauncher:
         # does not show it; never logged.
         api_key = secrets.token_urlsafe(24)
         env = _pinned(child_environment(binary), spec.gpus) | {"LLAMA_API_KEY": api_key}
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: we stop the whole group
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group: we stop the whole group
+            )
+        except OSError as error:  # not executable, wrong architecture, ...
+            if template_file:
+                template_file.unlink(missing_ok=True)
+            raise EngineFailed(f"cannot start {binary}: {error}") from error
         return LlamaServerProcess(
             process,
             endpoint=Endpoint(f"http://{spec.host}:{spec.port}", api_key),

@@ -19,6 +19,7 @@ from adapters.llama_http import LlamaHttpClient
 from adapters.llama_process import LlamaServerLauncher
 from adapters.memory_probe import SystemMemory
 from adapters.orphans import kill_orphans
+from domain.errors import EngineNotFound
 from domain.manager import ModelManager
 from domain.model import LoadEvent, LoadPhase, ModelInfo, ModelState
 from llamagate.v1 import llamagate_pb2 as pb
@@ -40,7 +41,7 @@ def clean_orphans(llama_cpp_dir: str | None = None) -> list[int]:
     dirs = [paths.engine_root()] + ([Path(llama_cpp_dir)] if llama_cpp_dir else [])
     try:
         binaries = [find_llama_server(llama_cpp_dir=llama_cpp_dir)]
-    except Exception:  # no engine yet: nothing of ours can be running
+    except EngineNotFound:  # no engine yet: nothing of ours can be running
         binaries = []
     return kill_orphans(dirs, binaries)
 

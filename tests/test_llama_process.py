@@ -79,3 +79,15 @@ def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path)
 
     group = asyncio.run(run())
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in group)
+
+
+def test_a_binary_that_cannot_run_is_engine_failed_naming_it(tmp_path):
+    broken = tmp_path / "llama-server"
+    broken.write_bytes(b"\x7fELF not really")
+    broken.chmod(0o755)
+
+    async def run():
+        await _start(dict(model_path="/m.gguf", context_length=512), find_binary=lambda: broken)
+
+    with pytest.raises(EngineFailed, match=str(broken)):
+        asyncio.run(run())
