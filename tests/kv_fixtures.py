@@ -12,8 +12,8 @@ from pathlib import Path
 
 from adapters.engine_discovery import child_environment
 from adapters.engine_install import installed
+from domain.gpus import MIB
 
-MIB = 1024 * 1024
 
 # llama_kv_cache / llama_memory_recurrent constructors' summary lines
 _KV_LINE = re.compile(
