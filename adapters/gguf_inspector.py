@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain.errors import InvalidModel, ModelNotFound
-from domain.model import ModelFacts
-from domain.model_shape import ModelShape, shape_array_keys, shape_from_header
-from domain.shards import shard_names
-from rust_ext import GGUFError, scan_file
+from llamagate.domain.errors import InvalidModel, ModelNotFound
+from llamagate.domain.model import ModelFacts
+from llamagate.domain.model_shape import ModelShape, shape_array_keys, shape_from_header
+from llamagate.domain.shards import shard_names
+from llamagate.rust_ext import GGUFError, scan_file
 
 
 class GgufInspector:

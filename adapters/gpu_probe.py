@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from types import ModuleType
 
-from domain.gpus import MIB, GpuInfo, physical_index, visibility_mask, visible_gpus
+from llamagate.domain.gpus import MIB, GpuInfo, physical_index, visibility_mask, visible_gpus
 
 log = logging.getLogger(__name__)
 

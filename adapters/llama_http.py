@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from domain.chat import ChatChunk, Timings, Usage
-from domain.errors import EngineFailed, EngineRejected
-from domain.ports import Endpoint
+from llamagate.domain.chat import ChatChunk, Timings, Usage
+from llamagate.domain.errors import EngineFailed, EngineRejected
+from llamagate.domain.ports import Endpoint
 
 # Prompt processing can take long before the first byte; reads between
 # tokens are short. Cancellation works throughout: it closes the stream.

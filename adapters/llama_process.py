@@ -18,12 +18,12 @@ from pathlib import Path
 import httpx
 import psutil
 
-from adapters.engine_discovery import child_environment, find_llama_server
-from adapters.memory_probe import is_rocm
-from domain.errors import EngineFailed
-from domain.gpus import pin_environment
-from domain.launch import LaunchSpec, server_arguments
-from domain.ports import Endpoint
+from llamagate.adapters.engine_discovery import child_environment, find_llama_server
+from llamagate.adapters.memory_probe import is_rocm
+from llamagate.domain.errors import EngineFailed
+from llamagate.domain.gpus import pin_environment
+from llamagate.domain.launch import LaunchSpec, server_arguments
+from llamagate.domain.ports import Endpoint
 
 log = logging.getLogger(__name__)
 

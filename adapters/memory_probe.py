@@ -6,8 +6,8 @@ import shutil
 
 import psutil
 
-from adapters.gpu_probe import probe_gpus
-from domain.gpus import GpuInfo
+from llamagate.adapters.gpu_probe import probe_gpus
+from llamagate.domain.gpus import GpuInfo
 
 
 class SystemMemory:

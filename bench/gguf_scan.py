@@ -27,13 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gguf import GGUFReader
 
-from gguf import GGUFReader  # noqa: E402
-
-from adapters import paths  # noqa: E402
-from rust_ext import scan_file  # noqa: E402
+from llamagate.adapters import paths
+from llamagate.rust_ext import scan_file
 
 TARGET_READER = 1000.0
 TARGET_PYTHON = 20.0

@@ -1,9 +1,9 @@
 """Generate the Python gRPC stubs from proto/ (run by the build backend).
 
 The stubs are build output (never edited, never committed). They land in the
-top-level ``llamagate`` package so that clients import them as
-``from llamagate.v1 import llamagate_pb2`` -- the same path protoc derives
-from the proto package ``llamagate.v1``. ``python buildsys/protogen.py``
+staged ``llamagate`` package (``.pkg/llamagate/v1``) so that clients import
+them as ``from llamagate.v1 import llamagate_pb2`` -- the same path protoc
+derives from the proto package ``llamagate.v1``. ``python buildsys/protogen.py``
 regenerates them in a development checkout.
 """
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 
 
-def generate_stubs(out_dir: Path = ROOT) -> list[Path]:
+def generate_stubs(out_dir: Path = ROOT / ".pkg") -> list[Path]:
     import grpc_tools
     from grpc_tools import protoc
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-from domain.model import Capabilities, ReasoningStyle
+from llamagate.domain.model import Capabilities, ReasoningStyle
 
 _TOOL_MARKERS = (
     "{%- if tools %}",

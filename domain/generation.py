@@ -8,8 +8,8 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 
-from domain.capabilities import request_template_kwargs
-from domain.chat import (
+from llamagate.domain.capabilities import request_template_kwargs
+from llamagate.domain.chat import (
     ChatChunk,
     ContentDelta,
     Done,
@@ -21,8 +21,8 @@ from domain.chat import (
     Timings,
     Usage,
 )
-from domain.errors import InvalidArgument
-from domain.model import Capabilities
+from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.model import Capabilities
 
 DEFAULTS = {
     "temperature": 0.6,

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from domain.model import KvCacheType
-from domain.model_shape import ModelShape
+from llamagate.domain.model import KvCacheType
+from llamagate.domain.model_shape import ModelShape
 
 # ggml type traits: (bytes per block, elements per block)
 _BLOCK: dict[KvCacheType, tuple[int, int]] = {

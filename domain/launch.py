@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from pathlib import PurePath
 
-from domain.capabilities import capabilities_from_template, launch_template_kwargs
-from domain.load_plan import LoadPlan
-from domain.model import KvCacheType, LoadOptions, ModelInfo, ModelState, Speculative
-from domain.shards import model_id
+from llamagate.domain.capabilities import capabilities_from_template, launch_template_kwargs
+from llamagate.domain.load_plan import LoadPlan
+from llamagate.domain.model import KvCacheType, LoadOptions, ModelInfo, ModelState, Speculative
+from llamagate.domain.shards import model_id
 
 # llama.cpp renamed the ngram-mod knobs; the values are SPEC §15's.
 _SPECULATIVE_FLAGS: dict[Speculative, tuple[str, ...]] = {

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from domain.errors import InvalidArgument
-from domain.gpus import GpuInfo
-from domain.kv_cache import KvEstimate, kv_cache_bytes
-from domain.model import LoadOptions, ModelFacts
-from domain.planning import MIN_CONTEXT, Plan, make_plan
+from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.kv_cache import KvEstimate, kv_cache_bytes
+from llamagate.domain.model import LoadOptions, ModelFacts
+from llamagate.domain.planning import MIN_CONTEXT, Plan, make_plan
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from pathlib import PurePath
 
-from domain.capabilities import merge_server_caps
-from domain.chat import GenerateEvent, GenerateRequest
-from domain.errors import EngineFailed, InvalidArgument, NoModelLoaded, Superseded
-from domain.generation import StreamFolder, chat_body, validate
-from domain.gpus import GpuInfo
-from domain.launch import LaunchSpec, launch_from_plan
-from domain.load_plan import LoadPlan, check_plannable, plan_load
-from domain.model import LoadEvent, LoadOptions, LoadPhase, ModelFacts, ModelInfo, ModelState
-from domain.ports import ChatEngine, EngineLauncher, EngineProcess, MemoryProbe, ModelInspector
-from domain.shards import model_id
+from llamagate.domain.capabilities import merge_server_caps
+from llamagate.domain.chat import GenerateEvent, GenerateRequest
+from llamagate.domain.errors import EngineFailed, InvalidArgument, NoModelLoaded, Superseded
+from llamagate.domain.generation import StreamFolder, chat_body, validate
+from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.launch import LaunchSpec, launch_from_plan
+from llamagate.domain.load_plan import LoadPlan, check_plannable, plan_load
+from llamagate.domain.model import LoadEvent, LoadOptions, LoadPhase, ModelFacts, ModelInfo, ModelState
+from llamagate.domain.ports import ChatEngine, EngineLauncher, EngineProcess, MemoryProbe, ModelInspector
+from llamagate.domain.shards import model_id
 
 
 ReadinessListener = Callable[[bool], Awaitable[None]]

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
 
-from domain.model_shape import ModelShape
+from llamagate.domain.model_shape import ModelShape
 
 if TYPE_CHECKING:  # load_plan builds on this module
-    from domain.load_plan import LoadPlan
+    from llamagate.domain.load_plan import LoadPlan
 
 
 class KvCacheType(enum.Enum):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from domain.gpus import MIB, GpuInfo
+from llamagate.domain.gpus import MIB, GpuInfo
 
 BUDGET_FRACTION = 0.9  # the rest: compute buffers, CUDA context, flash-attn workspace
 CONTEXT_STEP = 256

@@ -6,10 +6,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from domain.chat import ChatChunk
-from domain.gpus import GpuInfo
-from domain.launch import LaunchSpec
-from domain.model import ModelFacts
+from llamagate.domain.chat import ChatChunk
+from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.launch import LaunchSpec
+from llamagate.domain.model import ModelFacts
 
 
 class ModelInspector(Protocol):

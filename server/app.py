@@ -12,20 +12,20 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from adapters import paths
-from adapters.engine_discovery import find_llama_server
-from adapters.gguf_inspector import GgufInspector
-from adapters.llama_http import LlamaHttpClient
-from adapters.llama_process import LlamaServerLauncher
-from adapters.memory_probe import SystemMemory
-from adapters.orphans import kill_orphans
-from domain.errors import EngineNotFound
-from domain.manager import ModelManager
-from domain.model import LoadEvent, LoadPhase, ModelInfo, ModelState
+from llamagate.adapters import paths
+from llamagate.adapters.engine_discovery import find_llama_server
+from llamagate.adapters.gguf_inspector import GgufInspector
+from llamagate.adapters.llama_http import LlamaHttpClient
+from llamagate.adapters.llama_process import LlamaServerLauncher
+from llamagate.adapters.memory_probe import SystemMemory
+from llamagate.adapters.orphans import kill_orphans
+from llamagate.domain.errors import EngineNotFound
+from llamagate.domain.manager import ModelManager
+from llamagate.domain.model import LoadEvent, LoadPhase, ModelInfo, ModelState
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
-from server.config import DEFAULT_ADDRESS
-from server.service import LlamaGateService
+from llamagate.server.config import DEFAULT_ADDRESS
+from llamagate.server.service import LlamaGateService
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from server.config import default_address
+from llamagate.server.config import default_address
 
 _EPILOG = "Environment: LLAMAGATE_ADDRESS (default address), LLAMA_SERVER_PATH, LLAMAGATE_CACHE_DIR."
 
@@ -90,8 +90,8 @@ def _serve(args) -> int:
 
 
 async def _serve_async(args) -> int:
-    from domain.errors import LlamagateError
-    from server.app import ListenError, clean_orphans
+    from llamagate.domain.errors import LlamagateError
+    from llamagate.server.app import ListenError, clean_orphans
 
     clean_orphans(args.llama_cpp_dir)
     try:
@@ -105,9 +105,9 @@ async def _serve_async(args) -> int:
 
 
 async def _run_service(args) -> None:
-    from adapters.default_model import ensure_default_model
-    from domain.model import LoadOptions, LoadPhase
-    from server.app import build_manager, create_server
+    from llamagate.adapters.default_model import ensure_default_model
+    from llamagate.domain.model import LoadOptions, LoadPhase
+    from llamagate.server.app import build_manager, create_server
 
     manager = build_manager(args.llama_cpp_dir)
     loading = None
@@ -145,7 +145,7 @@ async def _run_service(args) -> None:
 
 def _client_command(name: str):
     def run(args) -> int:
-        from server import client
+        from llamagate.server import client
 
         return getattr(client, name)(args)
 
@@ -153,15 +153,15 @@ def _client_command(name: str):
 
 
 def _engine_install(args) -> int:
-    from adapters.engine_install import install_engine
+    from llamagate.adapters.engine_install import install_engine
 
     install_engine(backend=args.backend, force=args.force, test_tools=args.test_tools)
     return 0
 
 
 def _engine_path(args) -> int:
-    from adapters.engine_discovery import find_llama_server
-    from domain.errors import EngineNotFound
+    from llamagate.adapters.engine_discovery import find_llama_server
+    from llamagate.domain.errors import EngineNotFound
 
     try:
         print(find_llama_server())
@@ -172,17 +172,17 @@ def _engine_path(args) -> int:
 
 
 def _model_default(args) -> int:
-    from adapters.default_model import ensure_default_model
+    from llamagate.adapters.default_model import ensure_default_model
 
     print(ensure_default_model(say=lambda line: print(line, file=sys.stderr)))
     return 0
 
 
 def _plan(args) -> int:
-    from domain.errors import LlamagateError
-    from domain.model import KvCacheType, LoadOptions
-    from server.app import build_manager
-    from server.plan_table import render_plan
+    from llamagate.domain.errors import LlamagateError
+    from llamagate.domain.model import KvCacheType, LoadOptions
+    from llamagate.server.app import build_manager
+    from llamagate.server.plan_table import render_plan
 
     try:
         options = LoadOptions(context_length=args.ctx, parallel=args.parallel,
@@ -198,7 +198,7 @@ def _plan(args) -> int:
 
 def parse_gpus(text: str) -> list:
     """``0:24576,1:24576`` -> simulated GPUs with that many MiB free."""
-    from domain.gpus import MIB, GpuInfo
+    from llamagate.domain.gpus import MIB, GpuInfo
 
     gpus = []
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -210,8 +210,8 @@ def parse_gpus(text: str) -> list:
 
 
 def _setup(args) -> int:
-    from adapters.default_model import ensure_default_model
-    from adapters.engine_install import install_engine
+    from llamagate.adapters.default_model import ensure_default_model
+    from llamagate.adapters.engine_install import install_engine
 
     install_engine(test_tools=args.test_tools)
     ensure_default_model()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from domain import chat
-from domain.errors import InvalidArgument
-from domain.gpus import GpuInfo
-from domain.kv_cache import KvEstimate
-from domain.load_plan import LoadPlan
-from domain.model import (
+from llamagate.domain import chat
+from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.kv_cache import KvEstimate
+from llamagate.domain.load_plan import LoadPlan
+from llamagate.domain.model import (
     Capabilities,
     KvCacheType,
     LoadEvent,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from domain import errors
+from llamagate.domain import errors
 
 STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from domain.gpus import MIB
-from domain.load_plan import LoadPlan
+from llamagate.domain.gpus import MIB
+from llamagate.domain.load_plan import LoadPlan
 
 
 def _mib(n: int) -> str:

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from domain.errors import LlamagateError
-from domain.manager import ModelManager
+from llamagate.domain.errors import LlamagateError
+from llamagate.domain.manager import ModelManager
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
-from server import convert
-from server.errors import status_for
+from llamagate.server import convert
+from llamagate.server.errors import status_for
 
 log = logging.getLogger(__name__)
 

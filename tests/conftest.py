@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from adapters import paths
+from llamagate.adapters import paths
 
 # Tests never assert on time: a slow CI machine must not fail a property.
 settings.register_profile("llamagate", deadline=None)
@@ -46,7 +46,7 @@ class RunningService:
         import asyncio
         import threading
 
-        from server.app import create_server
+        from llamagate.server.app import create_server
 
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llamagate-test-server", daemon=True)

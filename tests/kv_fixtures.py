@@ -10,9 +10,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from adapters.engine_discovery import child_environment
-from adapters.engine_install import installed
-from domain.gpus import MIB
+from llamagate.adapters.engine_discovery import child_environment
+from llamagate.adapters.engine_install import installed
+from llamagate.domain.gpus import MIB
 
 
 # llama_kv_cache / llama_memory_recurrent constructors' summary lines

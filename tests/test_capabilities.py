@@ -6,14 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.capabilities import (
+from llamagate.domain.capabilities import (
     capabilities_from_template,
     default_thinking_on,
     launch_template_kwargs,
     merge_server_caps,
     request_template_kwargs,
 )
-from domain.model import Capabilities, ReasoningStyle
+from llamagate.domain.model import Capabilities, ReasoningStyle
 
 
 def caps_of(llama_cpp_tree, name: str, model_id: str | None = None) -> Capabilities:

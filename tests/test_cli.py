@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from llamagate.v1 import llamagate_pb2 as pb
-from tests.conftest import RunningService
+from conftest import RunningService
 
 pytestmark = pytest.mark.engine
 
@@ -25,12 +25,12 @@ def free_port() -> int:
 
 
 def llamagate(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "llamagate.server.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_serve_loads_the_default_model_and_chat_streams_an_answer(smollm2_path):
     address = f"127.0.0.1:{free_port()}"
-    serve = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--listen", address, "--ctx", "1024"],
+    serve = subprocess.Popen([sys.executable, "-m", "llamagate.server.cli", "serve", "--listen", address, "--ctx", "1024"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         chat = llamagate("chat", "--address", address, "--max-tokens", "16", "Say hello.")

@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from adapters import engine_discovery, paths
-from adapters.engine_discovery import candidates, child_environment, find_llama_server
-from domain.errors import EngineNotFound
+from llamagate.adapters import engine_discovery, paths
+from llamagate.adapters.engine_discovery import candidates, child_environment, find_llama_server
+from llamagate.domain.errors import EngineNotFound
 
 
 def executable(path):

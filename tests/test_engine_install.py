@@ -1,6 +1,6 @@
 """How llama-server is built (the build itself runs in set-up, once)."""
 
-from adapters.engine_install import configure_args, cpu_flags
+from llamagate.adapters.engine_install import configure_args, cpu_flags
 
 CPUINFO = "processor\t: 0\nflags\t\t: fpu sse4_2 avx2 avx512f avx512_vnni amx_tile amx_int8\n"
 

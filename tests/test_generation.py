@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.chat import (
+from llamagate.domain.chat import (
     ChatChunk,
     ChatMessage,
     ContentDelta,
@@ -19,9 +19,9 @@ from domain.chat import (
     Sampling,
     Usage,
 )
-from domain.errors import InvalidArgument
-from domain.generation import StreamFolder, chat_body, validate
-from domain.model import Capabilities, ReasoningStyle
+from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.generation import StreamFolder, chat_body, validate
+from llamagate.domain.model import Capabilities, ReasoningStyle
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 

@@ -20,7 +20,7 @@ from gguf import GGML_QUANT_SIZES, GGUFEndian, GGUFValueType, GGUFWriter, Keys
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rust_ext import GGUFError, scan_bytes, scan_file
+from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 V = GGUFValueType
 
@@ -505,7 +505,7 @@ GIL_CHECK = textwrap.dedent(
     """
     import os, sys, threading, time
     sys.path[:0] = {paths!r}
-    from rust_ext import GGUFError, scan_file
+    from llamagate.rust_ext import GGUFError, scan_file
 
     fifo = {fifo!r}
     os.mkfifo(fifo)

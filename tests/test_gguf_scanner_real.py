@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from gguf import GGUFReader, GGUFValueType
 
-from rust_ext import GGUFError, scan_bytes, scan_file
+from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 # WPM, SPM (scores, token types) and the one GGUF v2 file (BPE); SmolLM2 (BPE, tensors) always.
 PARITY_QUICK = ("ggml-vocab-bert-bge.gguf", "ggml-vocab-llama-spm.gguf", "ggml-vocab-aquila.gguf")
@@ -318,8 +318,8 @@ ALLOCATION_CHECK = textwrap.dedent(
     """
     import random, resource, sys, tempfile
     sys.path[:0] = {paths!r}
-    from rust_ext import GGUFError, scan_bytes, scan_file
-    from tests.test_gguf_scanner_real import corrupt
+    from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
+    from test_gguf_scanner_real import corrupt
 
     data = open({header!r}, "rb").read()
     regions = {regions!r}

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from adapters.engine_discovery import find_llama_server
-from domain.kv_cache import KvEstimate, kv_cache_bytes
-from domain.model_shape import ModelShape, shape_array_keys, shape_from_header
-from rust_ext import scan_file
-from tests.kv_fixtures import MIB, ServerMemory, archs_tool, server_memory, synthetic_model, write_synthetic_models
+from llamagate.adapters.engine_discovery import find_llama_server
+from llamagate.domain.kv_cache import KvEstimate, kv_cache_bytes
+from llamagate.domain.model_shape import ModelShape, shape_array_keys, shape_from_header
+from llamagate.rust_ext import scan_file
+from kv_fixtures import MIB, ServerMemory, archs_tool, server_memory, synthetic_model, write_synthetic_models
 
 pytestmark = pytest.mark.engine
 

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.gpus import MIB
-from domain.kv_cache import ModelMemory, context_cells, is_quantized, kv_cache_bytes, row_bytes
-from domain.model import KvCacheType
-from domain.model_shape import ModelShape, shape_from_header, swa_pattern
+from llamagate.domain.gpus import MIB
+from llamagate.domain.kv_cache import ModelMemory, context_cells, is_quantized, kv_cache_bytes, row_bytes
+from llamagate.domain.model import KvCacheType
+from llamagate.domain.model_shape import ModelShape, shape_from_header, swa_pattern
 
 QUANTIZED = [t for t in KvCacheType if is_quantized(t)]
 

@@ -3,8 +3,8 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.launch import LaunchSpec, server_arguments
-from domain.model import KvCacheType, Speculative
+from llamagate.domain.launch import LaunchSpec, server_arguments
+from llamagate.domain.model import KvCacheType, Speculative
 
 
 def flag_value(args: list[str], flag: str) -> str:

@@ -5,8 +5,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adapters.llama_http import DONE, chunk_from_json, parse_sse_line
-from domain.chat import Usage
+from llamagate.adapters.llama_http import DONE, chunk_from_json, parse_sse_line
+from llamagate.domain.chat import Usage
 
 
 def test_sse_lines():

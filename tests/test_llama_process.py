@@ -7,9 +7,9 @@ import asyncio
 import psutil
 import pytest
 
-from adapters.llama_process import LlamaServerLauncher
-from domain.errors import EngineFailed
-from domain.launch import LaunchSpec
+from llamagate.adapters.llama_process import LlamaServerLauncher
+from llamagate.domain.errors import EngineFailed
+from llamagate.domain.launch import LaunchSpec
 
 pytestmark = pytest.mark.engine
 

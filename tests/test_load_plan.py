@@ -2,11 +2,11 @@
 
 import pytest
 
-from domain.errors import InvalidArgument
-from domain.gpus import MIB, GpuInfo
-from domain.load_plan import check_plannable, plan_load
-from domain.model import KvCacheType, LoadOptions, ModelFacts
-from domain.model_shape import ModelShape
+from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.gpus import MIB, GpuInfo
+from llamagate.domain.load_plan import check_plannable, plan_load
+from llamagate.domain.model import KvCacheType, LoadOptions, ModelFacts
+from llamagate.domain.model_shape import ModelShape
 
 SHAPE = ModelShape(architecture="llama", block_count=4, embedding_length=320, head_count=8, head_count_kv=2,
                    context_length=4096)  # head size 40: not a whole q8_0 block

@@ -9,9 +9,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from adapters import paths
-from adapters.engine_discovery import find_llama_server
-from adapters.orphans import is_ours, kill_orphans
+from llamagate.adapters import paths
+from llamagate.adapters.engine_discovery import find_llama_server
+from llamagate.adapters.orphans import is_ours, kill_orphans
 
 pytestmark = pytest.mark.engine
 

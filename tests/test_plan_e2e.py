@@ -9,22 +9,22 @@ import sys
 import grpc
 import pytest
 
-from adapters.gpu_probe import probe_gpus
+from llamagate.adapters.gpu_probe import probe_gpus
 from llamagate.v1 import llamagate_pb2 as pb
-from tests.kv_fixtures import MIB, server_memory
+from kv_fixtures import MIB, server_memory
 
 pytestmark = pytest.mark.engine
 
 
 def plan_cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "server.cli", "plan", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "llamagate.server.cli", "plan", *args], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def test_plan_on_smollm2_with_a_simulated_gpu_prints_the_kv_llama_server_allocates(smollm2_path):
-    from adapters.engine_discovery import find_llama_server
+    from llamagate.adapters.engine_discovery import find_llama_server
 
     table = plan_cli(str(smollm2_path), "--gpus", "0:8000")
 
@@ -36,7 +36,7 @@ def test_plan_on_smollm2_with_a_simulated_gpu_prints_the_kv_llama_server_allocat
 
 
 def test_plan_rejects_a_malformed_gpu_list(smollm2_path):
-    done = subprocess.run([sys.executable, "-m", "server.cli", "plan", str(smollm2_path), "--gpus", "0=8000"],
+    done = subprocess.run([sys.executable, "-m", "llamagate.server.cli", "plan", str(smollm2_path), "--gpus", "0=8000"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "INDEX:FREE_MIB" in done.stderr
 

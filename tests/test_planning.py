@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from domain.gpus import MIB, GpuInfo
-from domain.planning import (
+from llamagate.domain.gpus import MIB, GpuInfo
+from llamagate.domain.planning import (
     CONTEXT_STEP,
     budget,
     ceiling_context,

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llamagate.v1 import llamagate_pb2 as pb
-from server.app import SERVICE_NAME
+from llamagate.server.app import SERVICE_NAME
 
 pytestmark = pytest.mark.engine
 

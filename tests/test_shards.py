@@ -1,7 +1,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.shards import model_id, shard_names
+from llamagate.domain.shards import model_id, shard_names
 
 names = st.from_regex(r"[A-Za-z0-9_.]{1,20}", fullmatch=True)
 
