@@ -1,12 +1,14 @@
-"""ModelInspector over the Rust GGUF header scanner."""
+"""ModelInspector over the Rust GGUF header scanner: one scan per model."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from llamagate.domain.errors import InvalidModel, ModelNotFound
-from llamagate.domain.model import ModelFacts
-from llamagate.domain.model_shape import ModelShape, shape_array_keys, shape_from_header
+from llamagate.domain.hyperparameters import Hyperparameters
+from llamagate.domain.model_facts import ModelFacts
 from llamagate.domain.shards import shard_names
 from llamagate.rust_ext import GGUFError, scan_file
 
@@ -25,27 +27,24 @@ class GgufInspector:
         architecture = header["architecture"]
         if not architecture:
             raise InvalidModel(f"{path} has no general.architecture key; is it a GGUF model?")
-        shape, shape_error = _shape(file, header)
         return ModelFacts(
             path=str(file.resolve()),
             architecture=architecture,
             native_context_length=header["model"]["context_length"] or 0,
             chat_template=header["chat_template"],
             size_bytes=_total_size(file),
-            shape=shape,
-            shape_error=shape_error,
+            hyperparameters=hyperparameters(header["model"]),
         )
 
 
-def _shape(file: Path, header: dict) -> tuple[ModelShape | None, str]:
-    """The KV-relevant shape; a few per-layer arrays need a second (cheap) scan."""
-    keys = [k for k in shape_array_keys(header["architecture"]) if k in header["arrays"]]
-    if keys:
-        header = scan_file(file, array_values=keys)
-    try:
-        return shape_from_header(header), ""
-    except (ValueError, KeyError, TypeError) as error:
-        return None, str(error)
+def hyperparameters(model: dict[str, Any]) -> Hyperparameters:
+    """The scanner's "model" dict as ``Hyperparameters`` (per-layer lists become
+    tuples). The scanner has already read every per-layer array: no second scan."""
+    return Hyperparameters(**{f.name: _frozen(model.get(f.name)) for f in fields(Hyperparameters)})
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _total_size(first: Path) -> int:

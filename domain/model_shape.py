@@ -1,6 +1,7 @@
 """The shape facts a KV-cache estimate needs, resolved as llama.cpp resolves them.
 
-``shape_from_header`` turns the Rust scanner's header dict into a
+``shape_from_hyperparameters`` turns the scanner's typed ``Hyperparameters``
+(bounds checked first, see ``domain.hyperparameters``) into a
 ``ModelShape`` whose per-layer facts (which layers slide, which are
 recurrent, which hold a KV cache) are already decided by the rules of
 ``llama_model_base::load_hparams`` and each architecture's
@@ -12,7 +13,8 @@ recurrent, which hold a KV cache) are already decided by the rules of
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from llamagate.domain.hyperparameters import Hyperparameters, PerLayer, check_bounds
 
 Layers = tuple[bool, ...]
 
@@ -109,104 +111,83 @@ def swa_pattern(n_layer: int, period: int, *, dense_first: bool = False) -> Laye
     return tuple(period == 0 or il % period < period - 1 for il in range(n_layer))
 
 
-# -- reading the scanner's header ------------------------------------------------------------------
+# -- from the hyperparameters ---------------------------------------------------------------------
 
 
-class _Header:
-    """Typed access to one architecture's keys in a ``rust_ext.scan_file`` dict."""
+def shape_from_hyperparameters(hp: Hyperparameters, architecture: str) -> ModelShape:
+    """A ``ModelShape`` from the scanner's hyperparameters (see module doc).
 
-    def __init__(self, header: dict[str, Any]) -> None:
-        self.arch = str(header.get("architecture") or "")
-        self.model = header.get("model") or {}
-        self.metadata = header.get("metadata") or {}
-        self.arrays = header.get("arrays") or {}
-
-    def get(self, key: str, default: int = 0) -> int:
-        value = self.metadata.get(f"{self.arch}.{key}")
-        return default if value is None or isinstance(value, (str, list)) else int(value)
-
-    def has(self, key: str) -> bool:
-        return f"{self.arch}.{key}" in self.metadata or f"{self.arch}.{key}" in self.arrays
-
-    def per_layer(self, key: str, n: int) -> tuple[int, ...] | None:
-        """``get_key_or_arr``: a scalar fills every layer, an array is read as is."""
-        full = f"{self.arch}.{key}"
-        if full in self.metadata:
-            return (self.get(key),) * n
-        if full in self.arrays:
-            values = self.arrays[full].get("values")
-            if values is None:
-                raise ValueError(f"{full} is an array: scan with array_values={list(shape_array_keys(self.arch))}")
-            return tuple(int(v) for v in values) + (0,) * max(0, n - len(values))
-        return None
-
-
-def shape_array_keys(architecture: str) -> tuple[str, ...]:
-    """The array keys whose values ``shape_from_header`` may need (pass them to
-    ``scan_file(path, array_values=...)``; the scanner's "model" dict carries the rest)."""
-    keys = ("feed_forward_length", "attention.recurrent_layers", "attention.indexer.types")
-    return tuple(f"{architecture}.{k}" for k in keys)
-
-
-def shape_from_header(header: dict[str, Any]) -> ModelShape:
-    """A ``ModelShape`` from ``rust_ext.scan_file``'s header dict (see module doc)."""
-    h = _Header(header)
-    m = h.model
-    if not m.get("block_count") or not m.get("embedding_length"):
-        raise ValueError(f"{h.arch or 'unknown'}: the header has no block_count/embedding_length")
-    n_all = int(m["block_count"])
-    nextn = h.get("nextn_predict_layers")
-    heads = _ints(m.get("head_count"), n_all)
-    heads_kv = _ints(m.get("head_count_kv"), n_all) if m.get("head_count_kv") is not None else heads
-    recurrent = _recurrent_layers(h, n_all - nextn, n_all, heads_kv)
-    swa_layers, window = _swa(h, n_all - nextn, n_all, recurrent)
-    key_length, value_length = _head_lengths(h, int(m["embedding_length"]), heads[0])
-    mla = h.arch in _READS_MLA
-    indexer = _indexer_layers(h, n_all - nextn, n_all)
-    exact = h.arch not in _UNMODELLED
+    Raises InvalidModel for a value out of its bounds, checked before any
+    per-layer work; ValueError when the essentials are missing (no estimate)."""
+    check_bounds(hp, architecture)
+    arch = architecture
+    if not hp.block_count or not hp.embedding_length:
+        raise ValueError(f"{arch or 'unknown'}: the header has no block_count/embedding_length")
+    n_all = hp.block_count
+    nextn = _int(hp.nextn_predict_layers)
+    heads = _ints(hp.head_count, n_all)
+    heads_kv = _ints(hp.head_count_kv, n_all) if hp.head_count_kv is not None else heads
+    recurrent = _recurrent_layers(hp, arch, n_all - nextn, n_all, heads_kv)
+    swa_layers, window = _swa(hp, arch, n_all - nextn, n_all, recurrent)
+    key_length, value_length = _head_lengths(hp, arch, hp.embedding_length, heads[0])
+    mla = arch in _READS_MLA
+    indexer = _indexer_layers(hp, arch, n_all - nextn, n_all)
+    exact = arch not in _UNMODELLED
     return ModelShape(
-        architecture=h.arch,
+        architecture=arch,
         block_count=n_all,
-        embedding_length=int(m["embedding_length"]),
+        embedding_length=hp.embedding_length,
         head_count=heads,
         head_count_kv=heads_kv,
         key_length=key_length,
         value_length=value_length,
-        key_length_swa=h.get("attention.key_length_swa", key_length),
-        value_length_swa=h.get("attention.value_length_swa", value_length),
+        key_length_swa=_int(hp.key_length_swa, key_length),
+        value_length_swa=_int(hp.value_length_swa, value_length),
         sliding_window=window,
         swa_layers=swa_layers,
-        key_length_mla=h.get("attention.key_length_mla") if mla else 0,
-        value_length_mla=h.get("attention.value_length_mla") if mla else 0,
-        kv_lora_rank=h.get("attention.kv_lora_rank"),
+        key_length_mla=_int(hp.key_length_mla) if mla else 0,
+        value_length_mla=_int(hp.value_length_mla) if mla else 0,
+        kv_lora_rank=_int(hp.kv_lora_rank),
         nextn_layers=nextn,
-        kv_layers=_kv_layers(h, n_all - nextn, n_all, recurrent, nextn),
+        kv_layers=_kv_layers(hp, arch, n_all - nextn, n_all, recurrent, nextn),
         recurrent_layers=recurrent,
-        **_recurrent_dims(h, key_length),
-        rollback=h.arch in _ROLLBACK,
-        indexer_key_length=h.get("attention.indexer.key_length") if indexer else 0,
+        **_recurrent_dims(hp, arch, key_length),
+        rollback=arch in _ROLLBACK,
+        indexer_key_length=_int(hp.indexer_key_length) if indexer else 0,
         indexer_layers=indexer,
-        context_length=int(m.get("context_length") or 0),
+        context_length=_int(hp.context_length),
         exact=exact,
-        note="" if exact else f"{h.arch}: llama.cpp builds a special memory for it; estimated as plain KV",
+        note="" if exact else f"{arch}: llama.cpp builds a special memory for it; estimated as plain KV",
     )
 
 
-def _ints(value: Any, n: int) -> tuple[int, ...]:
+def _int(value: int | None, default: int = 0) -> int:
+    """An optional key: its value, else the default llama.cpp starts from."""
+    return default if value is None else value
+
+
+def _ints(value: PerLayer | None, n: int) -> tuple[int, ...]:
+    """``get_key_or_arr``: a scalar fills every layer, an array is read as is
+    (padded with 0 to ``n``); absent is 0 everywhere."""
     if value is None:
         return (0,) * n
     if isinstance(value, int):
         return (value,) * n
-    return tuple(int(v) for v in value) + (0,) * max(0, n - len(value))
+    return tuple(value) + (0,) * max(0, n - len(value))
 
 
-def _head_lengths(h: _Header, n_embd: int, heads0: int) -> tuple[int, int]:
+def _per_layer(value: PerLayer | None, n: int) -> tuple[int, ...] | None:
+    """``_ints``, but ``None`` when the key is absent (the arch has its own default)."""
+    return None if value is None else _ints(value, n)
+
+
+def _head_lengths(hp: Hyperparameters, arch: str, n_embd: int, heads0: int) -> tuple[int, int]:
     # load_hparams reads the key/value lengths only when layer 0 has heads;
     # plamo2 reads them again unconditionally
-    if heads0 == 0 and h.arch != "plamo2":
+    if heads0 == 0 and arch != "plamo2":
         return 0, 0
     default = n_embd // heads0 if heads0 else 0
-    return h.get("attention.key_length", default), h.get("attention.value_length", default)
+    return _int(hp.key_length, default), _int(hp.value_length, default)
 
 
 # -- sliding-window attention (each arch's load_arch_hparams) ------------------------------------
@@ -240,31 +221,32 @@ _SWA: dict[str, tuple[int | None, bool, str, int | None]] = {
 }
 
 
-def _swa(h: _Header, n_layer: int, n_all: int, recurrent: Layers | None) -> tuple[Layers | None, int]:
-    window = h.get("attention.sliding_window")
-    if h.arch == "lfm2" and window > 0:  # every attention layer slides
+def _swa(hp: Hyperparameters, arch: str, n_layer: int, n_all: int,
+         recurrent: Layers | None) -> tuple[Layers | None, int]:
+    window = _int(hp.sliding_window)
+    if arch == "lfm2" and window > 0:  # every attention layer slides
         return tuple(not (recurrent and recurrent[il]) for il in range(n_all)), window
-    if h.arch == "exaone4":  # only the 64-layer (32B) model slides
-        return (_pattern(h, 4, False, n_layer, n_all), window or 4096) if n_layer == 64 else (None, 0)
-    rule = _SWA.get(h.arch)
+    if arch == "exaone4":  # only the 64-layer (32B) model slides
+        return (_pattern(hp, 4, False, n_layer, n_all), window or 4096) if n_layer == 64 else (None, 0)
+    rule = _SWA.get(arch)
     if rule is None:
         return None, 0
     period, dense_first, when, forced = rule
     if when == "window" and window <= 0:
         return None, 0
-    if when == "llama4" and h.has("attention.sliding_window") and window == 0:
+    if when == "llama4" and hp.sliding_window is not None and window == 0:
         return None, 0
     if forced is not None:
         window = forced
     elif window <= 0:  # a default some arches set before reading the (optional) key
-        window = {"gemma2": 4096, "exaone-moe": 128}.get(h.arch, 0)
-    return _pattern(h, period, dense_first, n_layer, n_all), window
+        window = {"gemma2": 4096, "exaone-moe": 128}.get(arch, 0)
+    return _pattern(hp, period, dense_first, n_layer, n_all), window
 
 
-def _pattern(h: _Header, period: int | None, dense_first: bool, n_layer: int, n_all: int) -> Layers:
+def _pattern(hp: Hyperparameters, period: int | None, dense_first: bool, n_layer: int, n_all: int) -> Layers:
     """``load_swa_pattern``: the file's array, else its period, else the arch's."""
-    pattern = h.model.get("sliding_window_pattern")
-    if isinstance(pattern, list):
+    pattern = hp.sliding_window_pattern
+    if isinstance(pattern, tuple):
         return tuple(bool(v) for v in pattern[:n_all]) + (False,) * max(0, n_all - len(pattern))
     if period is None:
         return (False,) * n_all
@@ -294,40 +276,35 @@ _UNMODELLED = {"deepseek4", "minimax-m3", "glm5-next", "hy_v4", "dots3note", "qw
                "dflash", "eagle3", "graniteswitch"}
 
 
-def _recurrent_layers(h: _Header, n_layer: int, n_all: int, heads_kv: tuple[int, ...]) -> Layers | None:
-    arch = h.arch
+def _recurrent_layers(hp: Hyperparameters, arch: str, n_layer: int, n_all: int,
+                      heads_kv: tuple[int, ...]) -> Layers | None:
     trunk = [il < n_layer for il in range(n_all)]
     if arch in _RECURRENT or arch == "falcon-h1":
         return tuple(trunk)
     if arch in _RECURRENT_BY_ZERO_KV_HEADS:
         return tuple(t and heads_kv[il] == 0 for il, t in enumerate(trunk))
     if arch in _NEMOTRON_H:
-        n_ff = _n_ff(h, n_all)
+        n_ff = _ints(hp.feed_forward_length, n_all)
         return tuple(t and heads_kv[il] == 0 and n_ff[il] == 0 for il, t in enumerate(trunk))
     if arch in _RECURRENT_BY_INTERVAL:
-        listed = h.per_layer("attention.recurrent_layers", n_all)
+        listed = _per_layer(hp.recurrent_layers, n_all)
         if listed is not None:
             return tuple(bool(v) for v in listed[:n_all])
-        interval = h.get("full_attention_interval", _RECURRENT_BY_INTERVAL[arch])
+        interval = _int(hp.full_attention_interval, _RECURRENT_BY_INTERVAL[arch])
         return tuple(t and (il + 1) % interval != 0 for il, t in enumerate(trunk))
     return None
 
 
-def _n_ff(h: _Header, n_all: int) -> tuple[int, ...]:
-    n_ff = h.per_layer("feed_forward_length", n_all)
-    return n_ff if n_ff is not None else (0,) * n_all
-
-
-def _kv_layers(h: _Header, n_layer: int, n_all: int, recurrent: Layers | None, nextn: int) -> Layers:
+def _kv_layers(hp: Hyperparameters, arch: str, n_layer: int, n_all: int, recurrent: Layers | None,
+               nextn: int) -> Layers:
     """Which layers ``create_memory`` gives an attention KV cache."""
-    arch = h.arch
     rec = recurrent or (False,) * n_all
     if arch in _RECURRENT or arch in _NO_MEMORY:
         return (False,) * n_all
     if arch == "falcon-h1":  # attention and SSM side by side in every layer
         return (True,) * n_all
     if arch in _NEMOTRON_H:  # the MLP-only layers have neither
-        n_ff = _n_ff(h, n_all)
+        n_ff = _ints(hp.feed_forward_length, n_all)
         return tuple(not rec[il] and n_ff[il] == 0 for il in range(n_all))
     if arch in _RECURRENT_BY_INTERVAL:
         return tuple(il < n_layer and not rec[il] for il in range(n_all))
@@ -337,48 +314,47 @@ def _kv_layers(h: _Header, n_layer: int, n_all: int, recurrent: Layers | None, n
     if arch == "gemma3n":  # hparams.n_layer_kv_from_start: later layers reuse layer 18/19's cache
         kv_from_start = 20
     elif arch == "gemma4":
-        kv_from_start = n_all - h.get("attention.shared_kv_layers")
+        kv_from_start = n_all - _int(hp.shared_kv_layers)
     # the trunk's cache leaves out the NextN/MTP blocks
     end = n_layer if nextn > 0 and n_layer > 0 else n_all
     return tuple(il < min(kv_from_start, end) for il in range(n_all))
 
 
-def _indexer_layers(h: _Header, n_layer: int, n_all: int) -> Layers | None:
+def _indexer_layers(hp: Hyperparameters, arch: str, n_layer: int, n_all: int) -> Layers | None:
     """The DSA indexer key cache: every trunk layer (DeepSeek-V3.2), or GLM-DSA's listed ones."""
-    if h.arch == "deepseek32":
+    if arch == "deepseek32":
         return tuple(il < n_layer for il in range(n_all))
-    if h.arch == "glm-dsa":
-        listed = h.per_layer("attention.indexer.types", n_all) or _glm_dsa_default_indexers(h, n_all)
+    if arch == "glm-dsa":
+        listed = _per_layer(hp.indexer_types, n_all) or _glm_dsa_default_indexers(hp, n_all)
         return tuple(il < n_layer and bool(listed[il]) for il in range(n_all))
     return None
 
 
-def _glm_dsa_default_indexers(h: _Header, n_all: int) -> tuple[int, ...]:
+def _glm_dsa_default_indexers(hp: Hyperparameters, n_all: int) -> tuple[int, ...]:
     """GLM-5/5.1 files (trained context < 1M) index every layer; GLM-5.2's
     GLM_5_2_DEFAULT_INDEXER_TYPES indexes layers 0, 1, then every 4th up to 81."""
-    if int(h.model.get("context_length") or 0) < 1048576:
+    if _int(hp.context_length) < 1048576:
         return (1,) * n_all
     return tuple(int(il < 2 or (il < 82 and (il - 2) % 4 == 0)) for il in range(n_all))
 
 
-def _recurrent_dims(h: _Header, key_length: int) -> dict[str, int]:
+def _recurrent_dims(hp: Hyperparameters, arch: str, key_length: int) -> dict[str, int]:
     """The state dimensions each arch reads (an unread key stays 0 in llama.cpp)."""
-    arch = h.arch
     dims: dict[str, int] = {}
     if arch in _READS_SSM:
         dims.update(
-            ssm_conv_kernel=h.get("ssm.conv_kernel"),
-            ssm_inner_size=h.get("ssm.inner_size"),
-            ssm_state_size=h.get("ssm.state_size"),
+            ssm_conv_kernel=_int(hp.ssm_conv_kernel),
+            ssm_inner_size=_int(hp.ssm_inner_size),
+            ssm_state_size=_int(hp.ssm_state_size),
         )
     if arch in _READS_SSM_GROUPS:
-        dims["ssm_group_count"] = h.get("ssm.group_count")
+        dims["ssm_group_count"] = _int(hp.ssm_group_count)
     if arch.startswith(("rwkv", "arwkv")):
-        dims.update(rwkv_head_size=h.get("wkv.head_size"), token_shift_count=h.get("token_shift_count", 2))
+        dims.update(rwkv_head_size=_int(hp.wkv_head_size), token_shift_count=_int(hp.token_shift_count, 2))
     if arch in ("lfm2", "lfm2moe"):
-        dims["shortconv_l_cache"] = h.get("shortconv.l_cache")
+        dims["shortconv_l_cache"] = _int(hp.shortconv_l_cache)
     if arch in _KDA:
-        dims.update(ssm_conv_kernel=h.get("ssm.conv_kernel"), kda_head_dim=h.get("kda.head_dim"))
+        dims.update(ssm_conv_kernel=_int(hp.ssm_conv_kernel), kda_head_dim=_int(hp.kda_head_dim))
     if arch == "minimax-01":  # n_embd_head_la = n_embd_head_k_full
         dims["linear_attention_head_dim"] = key_length
     return dims

@@ -29,22 +29,38 @@ Result of a complete scan (``"complete": True``)::
                                      with tensors=True: shape in GGUF order
                                      (ne[0] first), ggml type id, data offset
                                      relative to header_size, size in bytes
-    model             dict           what planning needs, from the keys
-                                     ARCH.* (ARCH = architecture), None when
-                                     absent: context_length, block_count,
-                                     head_count, head_count_kv,
-                                     expert_used_count (int, or list[int] per
-                                     layer), embedding_length, key_length,
-                                     value_length, sliding_window,
-                                     sliding_window_pattern (int period, or
-                                     list[bool] per layer, True = sliding),
-                                     full_attention_interval, kv_lora_rank,
-                                     key_length_mla, ssm_conv_kernel,
-                                     ssm_inner_size, ssm_state_size,
-                                     ssm_group_count, expert_count, vocab_size
-                                     (ARCH.vocab_size, else the length of
-                                     tokenizer.ggml.tokens), file_type
-                                     (general.file_type)
+    model             dict           what planning needs, typed: the one reader
+                                     of the ARCH.* hyperparameter keys (ARCH =
+                                     architecture); None when the key is absent
+                                     (absent is not 0). int:
+                                       context_length, block_count,
+                                       nextn_predict_layers, embedding_length,
+                                       key_length, value_length, key_length_swa,
+                                       value_length_swa, sliding_window,
+                                       full_attention_interval, shared_kv_layers,
+                                       kv_lora_rank, key_length_mla,
+                                       value_length_mla, indexer_key_length,
+                                       ssm_conv_kernel, ssm_inner_size,
+                                       ssm_state_size, ssm_group_count,
+                                       wkv_head_size, token_shift_count,
+                                       shortconv_l_cache, kda_head_dim,
+                                       expert_count, vocab_size (ARCH.vocab_size,
+                                       else the length of tokenizer.ggml.tokens),
+                                       file_type (general.file_type)
+                                     int, or list[int] per layer:
+                                       head_count, head_count_kv,
+                                       feed_forward_length, expert_used_count,
+                                       recurrent_layers and indexer_types (0/1
+                                       flags; a bool array reads as 0/1)
+                                     int period, or list[bool] per layer (True =
+                                     sliding): sliding_window_pattern
+                                     The field is the key with "attention."
+                                     dropped and dots made underscores
+                                     (ARCH.attention.indexer.types ->
+                                     indexer_types, ARCH.wkv.head_size ->
+                                     wkv_head_size). Per-layer arrays are read
+                                     for these fields whatever array_values says
+                                     (more than 65536 values is a GGUFError).
 
 ``scan_bytes`` on a prefix of a longer header returns
 ``{"complete": False, "bytes_needed": N}``: fetch at least N more bytes
@@ -74,7 +90,8 @@ def scan_file(
     (array elements are read only for the keys in ``array_values``, or all
     with ``True``). The GIL is released while scanning.
 
-    Raises GGUFError on malformed data, a truncated header, or tensor data
+    Raises GGUFError on malformed data (a hyperparameter key of a type it
+    cannot use included, naming the key), a truncated header, or tensor data
     that would end past the end of the file; OSError (FileNotFoundError...)
     when the file cannot be read."""
 

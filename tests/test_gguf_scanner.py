@@ -19,7 +19,6 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGUFEndian, GGUFValueType, GGUFWriter, Keys
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 V = GGUFValueType
@@ -209,26 +208,45 @@ def test_corrupted_headers_scan_or_raise_gguf_error_and_nothing_else(
 
 U32 = st.integers(0, 2**32 - 1)
 PER_LAYER = st.one_of(U32, st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=6))
+# 0/1 per layer: llama.cpp stores uint32, and reads a bool array as 0/1 too
+FLAGS = st.one_of(U32, st.lists(st.integers(0, 1), min_size=1, max_size=6),
+                  st.lists(st.booleans(), min_size=1, max_size=6))
+# keys of the pinned llama.cpp (llama-arch.cpp) that the gguf package does not name yet
+RECURRENT_LAYERS = "{arch}.attention.recurrent_layers"
+INDEXER_TYPES = "{arch}.attention.indexer.types"
 PLANNING: dict[str, tuple[str, st.SearchStrategy[Any]]] = {
     "context_length": (Keys.LLM.CONTEXT_LENGTH, U32),
     "block_count": (Keys.LLM.BLOCK_COUNT, U32),
+    "nextn_predict_layers": (Keys.LLM.NEXTN_PREDICT_LAYERS, U32),
     "head_count": (Keys.Attention.HEAD_COUNT, PER_LAYER),
     "head_count_kv": (Keys.Attention.HEAD_COUNT_KV, PER_LAYER),
     "embedding_length": (Keys.LLM.EMBEDDING_LENGTH, U32),
+    "feed_forward_length": (Keys.LLM.FEED_FORWARD_LENGTH, PER_LAYER),
     "key_length": (Keys.Attention.KEY_LENGTH, U32),
     "value_length": (Keys.Attention.VALUE_LENGTH, U32),
+    "key_length_swa": (Keys.Attention.KEY_LENGTH_SWA, U32),
+    "value_length_swa": (Keys.Attention.VALUE_LENGTH_SWA, U32),
     "sliding_window": (Keys.Attention.SLIDING_WINDOW, U32),
     "sliding_window_pattern": (
         Keys.Attention.SLIDING_WINDOW_PATTERN,
         st.one_of(U32, st.lists(st.booleans(), min_size=1, max_size=8)),
     ),
     "full_attention_interval": (Keys.LLM.FULL_ATTENTION_INTERVAL, U32),
+    "recurrent_layers": (RECURRENT_LAYERS, FLAGS),
+    "shared_kv_layers": (Keys.Attention.SHARED_KV_LAYERS, U32),
     "kv_lora_rank": (Keys.Attention.KV_LORA_RANK, U32),
     "key_length_mla": (Keys.Attention.KEY_LENGTH_MLA, U32),
+    "value_length_mla": (Keys.Attention.VALUE_LENGTH_MLA, U32),
+    "indexer_key_length": (Keys.Attention.Indexer.KEY_LENGTH, U32),
+    "indexer_types": (INDEXER_TYPES, FLAGS),
     "ssm_conv_kernel": (Keys.SSM.CONV_KERNEL, U32),
     "ssm_inner_size": (Keys.SSM.INNER_SIZE, U32),
     "ssm_state_size": (Keys.SSM.STATE_SIZE, U32),
     "ssm_group_count": (Keys.SSM.GROUP_COUNT, U32),
+    "wkv_head_size": (Keys.WKV.HEAD_SIZE, U32),
+    "token_shift_count": (Keys.LLM.TOKEN_SHIFT_COUNT, U32),
+    "shortconv_l_cache": (Keys.ShortConv.L_CACHE, U32),
+    "kda_head_dim": (Keys.KDA.HEAD_DIM, U32),
     "expert_count": (Keys.LLM.EXPERT_COUNT, U32),
     "expert_used_count": (Keys.LLM.EXPERT_USED_COUNT, PER_LAYER),
     "vocab_size": (Keys.LLM.VOCAB_SIZE, U32),
@@ -249,7 +267,7 @@ def test_the_planning_fields_come_typed_from_the_architecture_keys(
     for name, value in fields.items():
         key = PLANNING[name][0].format(arch=arch)
         if isinstance(value, list):
-            elem = V.BOOL if name == "sliding_window_pattern" else V.INT32
+            elem = V.BOOL if isinstance(value[0], bool) else V.INT32
             kvs[key] = (V.ARRAY, value, elem)
         else:
             kvs[key] = (V.UINT32, value, None)
@@ -265,11 +283,19 @@ def test_the_planning_fields_come_typed_from_the_architecture_keys(
         got = scan_file(path)
 
     expected = dict.fromkeys(PLANNING) | fields | {"file_type": file_type}
+    for name in ("recurrent_layers", "indexer_types"):  # flags come back as 0/1 ints, whatever was written
+        if isinstance(expected[name], list):
+            expected[name] = [int(v) for v in expected[name]]
     if expected["vocab_size"] is None and tokens is not None:
         expected["vocab_size"] = len(tokens)
     assert got["model"] == expected
+    assert _types(got["model"]) == _types(expected)  # 0/1 flags are ints, a pattern's are bools
     # Per-layer arrays are read for planning, but not returned unless asked for.
     assert all(a["values"] is None for a in got["arrays"].values())
+
+
+def _types(model: dict[str, Any]) -> dict[str, Any]:
+    return {k: [type(x) for x in v] if isinstance(v, list) else type(v) for k, v in model.items()}
 
 
 def test_a_split_shard_reports_its_split_keys(tmp_path: Path) -> None:
@@ -408,6 +434,12 @@ def test_a_file_that_is_not_gguf_says_so(tmp_path: Path) -> None:
         (Enc().header(0, 2) + Enc().kv("general.architecture", V.STRING, Enc().string("llama"))
          + Enc().kv("llama.context_length", V.FLOAT32, bytes(4)),
          'key "llama.context_length" has type float32, expected an integer', 69),
+        (Enc().header(0, 2) + Enc().kv("general.architecture", V.STRING, Enc().string("llama"))
+         + Enc().kv("llama.feed_forward_length", V.ARRAY, Enc().array(V.FLOAT32, 1, bytes(4))),
+         'key "llama.feed_forward_length" has type array of float32, '
+         'expected an integer or an array of integers', 69),
+        (Enc().header(0, 1) + Enc().kv("llama.attention.head_count", V.ARRAY, Enc().array(V.UINT8, 65537, bytes(65537))),
+         'key "llama.attention.head_count" has 65537 per-layer values, more than the limit of 65536', 24),
         (Enc().header(0, 1) + Enc().kv("general.architecture", V.UINT32, bytes(4)),
          'key "general.architecture" has type uint32, expected a string', 24),
         (Enc().header(1, 0) + Enc().tensor("t", [1, 2, 3, 4, 5], 0, 0), "tensor has 5 dimensions", 33),

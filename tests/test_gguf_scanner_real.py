@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 from gguf import GGUFReader, GGUFValueType
-
 from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 # WPM, SPM (scores, token types) and the one GGUF v2 file (BPE); SmolLM2 (BPE, tensors) always.
@@ -144,7 +143,9 @@ def test_smollm2_plans_from_its_llama_keys(smollm2_path: Path) -> None:
     assert model["embedding_length"] == expected["llama.embedding_length"]
     assert model["vocab_size"] == expected["llama.vocab_size"] == 49152
     assert model["file_type"] == expected["general.file_type"]
+    assert model["feed_forward_length"] == expected["llama.feed_forward_length"]  # a scalar: every layer
     assert model["sliding_window"] is None and model["expert_count"] is None
+    assert model["nextn_predict_layers"] is None and model["recurrent_layers"] is None
 
 
 def test_smollm2_tensor_data_fills_the_file_after_the_header(smollm2_path: Path) -> None:
@@ -355,9 +356,9 @@ def test_corrupt_lengths_never_make_the_scanner_allocate_beyond_the_data(smollm2
     end = header_end(data)
     header = tmp_path / "header.gguf"
     header.write_bytes(data[:end])
-    root = Path(__file__).resolve().parent.parent
+    tests = Path(__file__).resolve().parent  # where `corrupt` comes from
     script = ALLOCATION_CHECK.format(
-        paths=[str(root)], header=str(header), regions=structure_regions(data[:end], end)
+        paths=[str(tests)], header=str(header), regions=structure_regions(data[:end], end)
     )
     child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert child.returncode == 0 and child.stdout.strip() == "ok", child.stderr[-3000:]

@@ -10,16 +10,23 @@ cell, layer and stream counts to equality.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
-
+from kv_fixtures import (
+    ServerMemory,
+    archs_tool,
+    server_memory,
+    synthetic_model,
+    write_synthetic_models,
+)
 from llamagate.adapters.engine_discovery import find_llama_server
+from llamagate.adapters.gguf_inspector import GgufInspector
+from llamagate.domain.gpus import MIB
 from llamagate.domain.kv_cache import KvEstimate, kv_cache_bytes
-from llamagate.domain.model_shape import ModelShape, shape_array_keys, shape_from_header
-from llamagate.rust_ext import scan_file
-from kv_fixtures import MIB, ServerMemory, archs_tool, server_memory, synthetic_model, write_synthetic_models
+from llamagate.domain.model_shape import ModelShape, shape_from_hyperparameters
 
 pytestmark = pytest.mark.engine
 
@@ -35,8 +42,8 @@ LOG_ROUNDING_MIB = 0.006  # "%7.2f MiB" rounds to 0.005, plus float32 noise
 
 
 @pytest.fixture(scope="session")
-def llama_server() -> Path:
-    return find_llama_server()
+def llama_server(cache_dir) -> Path:
+    return find_llama_server(os.environ, cache_dir)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +56,9 @@ def synthetic(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 
 def shape_of(path: Path) -> ModelShape:
-    architecture = scan_file(path)["architecture"]
-    return shape_from_header(scan_file(path, array_values=list(shape_array_keys(architecture))))
+    """What the service plans with: the inspector's one scan, then the domain's shape."""
+    facts = GgufInspector().inspect(str(path))
+    return shape_from_hyperparameters(facts.hyperparameters, facts.architecture)
 
 
 def assert_close(label: str, ours_bytes: int, printed_mib: float) -> None:

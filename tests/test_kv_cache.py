@@ -5,11 +5,21 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from llamagate.domain.gpus import MIB
-from llamagate.domain.kv_cache import ModelMemory, context_cells, is_quantized, kv_cache_bytes, row_bytes
-from llamagate.domain.model import KvCacheType
-from llamagate.domain.model_shape import ModelShape, shape_from_header, swa_pattern
+from llamagate.domain.hyperparameters import Hyperparameters
+from llamagate.domain.kv_cache import (
+    ModelMemory,
+    context_cells,
+    is_quantized,
+    kv_cache_bytes,
+    row_bytes,
+)
+from llamagate.domain.load_options import KvCacheType
+from llamagate.domain.model_shape import (
+    ModelShape,
+    shape_from_hyperparameters,
+    swa_pattern,
+)
 
 QUANTIZED = [t for t in KvCacheType if is_quantized(t)]
 
@@ -117,9 +127,9 @@ def test_full_attention_with_a_per_layer_kv_head_array():
 
 def test_gemma_3_keeps_every_sixth_layer_global_and_the_rest_in_a_window_sized_cache():
     # Gemma-3 27B: 62 layers, 16 KV heads of 128, window 1024, no pattern key in the file
-    header = _header("gemma3", block_count=62, head_count=32, head_count_kv=16, embedding_length=5376,
-                     key_length=128, value_length=128, sliding_window=1024)
-    shape = shape_from_header(header)
+    hp = _hp(block_count=62, head_count=32, head_count_kv=16, embedding_length=5376,
+             key_length=128, value_length=128, sliding_window=1024)
+    shape = shape_from_hyperparameters(hp, "gemma3")
     assert shape.swa_layers[:6] == (True,) * 5 + (False,)
     est = kv_cache_bytes(shape, context_length=32768, parallel=2)
     row = 16 * 128 * 2
@@ -128,46 +138,46 @@ def test_gemma_3_keeps_every_sixth_layer_global_and_the_rest_in_a_window_sized_c
 
 
 def test_gpt_oss_alternates_sliding_and_full_layers():
-    header = _header("gpt-oss", block_count=24, head_count=64, head_count_kv=8, embedding_length=2880,
-                     key_length=64, value_length=64, sliding_window=128)
-    est = kv_cache_bytes(shape_from_header(header), context_length=131072)
+    hp = _hp(block_count=24, head_count=64, head_count_kv=8, embedding_length=2880,
+             key_length=64, value_length=64, sliding_window=128)
+    est = kv_cache_bytes(shape_from_hyperparameters(hp, "gpt-oss"), context_length=131072)
     assert (est.kv_layers, est.swa_layers, est.swa_cells) == (12, 12, 768)  # 128 + 512 padded to 256s
     assert est.total_bytes == 12 * 8 * 64 * 2 * 2 * (131072 + 768)
 
 
 def test_mla_caches_only_the_576_wide_latent_and_leaves_out_the_nextn_layer():
     # DeepSeek-V3: 61 trunk layers + 1 NextN block, kv_lora_rank 512 + rope 64
-    header = _header("deepseek2", block_count=62, head_count=128, head_count_kv=1, embedding_length=7168,
-                     key_length=576, value_length=512, key_length_mla=192, value_length_mla=128,
-                     nextn_predict_layers=1, kv_lora_rank=512)
-    est = kv_cache_bytes(shape_from_header(header), context_length=163840)
+    hp = _hp(block_count=62, head_count=128, head_count_kv=1, embedding_length=7168,
+             key_length=576, value_length=512, key_length_mla=192, value_length_mla=128,
+             nextn_predict_layers=1, kv_lora_rank=512)
+    est = kv_cache_bytes(shape_from_hyperparameters(hp, "deepseek2"), context_length=163840)
     assert (est.v_bytes, est.kv_layers) == (0, 61)
     assert est.k_bytes == 61 * 576 * 2 * 163840
 
 
 def test_glm_5_2_without_indexer_types_indexes_the_layers_of_llama_cpp_default_table():
-    header = _header("glm-dsa", block_count=6, head_count=64, head_count_kv=1, embedding_length=6144,
-                     key_length=576, value_length=512, key_length_mla=256, value_length_mla=256,
-                     context_length=1048576)
-    header["metadata"]["glm-dsa.attention.indexer.key_length"] = 128
-    shape = shape_from_header(header)
+    hp = _hp(block_count=6, head_count=64, head_count_kv=1, embedding_length=6144,
+             key_length=576, value_length=512, key_length_mla=256, value_length_mla=256,
+             context_length=1048576, indexer_key_length=128)
+    shape = shape_from_hyperparameters(hp, "glm-dsa")
     assert shape.indexer_layers == (True, True, True, False, False, False)
     est = kv_cache_bytes(shape, context_length=4096)
     assert est.indexer_bytes == 3 * 128 * 2 * 4096
 
 
 def test_mla_refuses_different_k_and_v_types_like_llama_cpp():
-    header = _header("deepseek2", block_count=2, head_count=1, head_count_kv=1, embedding_length=128,
-                     key_length=576, value_length=512, key_length_mla=192, value_length_mla=128)
+    hp = _hp(block_count=2, head_count=1, head_count_kv=1, embedding_length=128,
+             key_length=576, value_length=512, key_length_mla=192, value_length_mla=128)
     with pytest.raises(ValueError, match="same K and V"):
-        kv_cache_bytes(shape_from_header(header), context_length=4096, cache_type_k="q8_0", cache_type_v="f16")
+        kv_cache_bytes(shape_from_hyperparameters(hp, "deepseek2"), context_length=4096, cache_type_k="q8_0",
+                       cache_type_v="f16")
 
 
 def test_qwen3_next_caches_every_fourth_layer_and_keeps_delta_net_state_per_slot():
-    header = _header("qwen3next", block_count=48, head_count=16, head_count_kv=2, embedding_length=2048,
-                     key_length=256, value_length=256, full_attention_interval=4, ssm_conv_kernel=4,
-                     ssm_inner_size=4096, ssm_state_size=128, ssm_group_count=16)
-    est = kv_cache_bytes(shape_from_header(header), context_length=8192, parallel=4)
+    hp = _hp(block_count=48, head_count=16, head_count_kv=2, embedding_length=2048,
+             key_length=256, value_length=256, full_attention_interval=4, ssm_conv_kernel=4,
+             ssm_inner_size=4096, ssm_state_size=128, ssm_group_count=16)
+    est = kv_cache_bytes(shape_from_hyperparameters(hp, "qwen3next"), context_length=8192, parallel=4)
     assert (est.kv_layers, est.recurrent_layers, est.recurrent_rows) == (12, 36, 4)
     assert est.r_bytes == 36 * 4 * 3 * (4096 + 2 * 16 * 128) * 4
     assert est.s_bytes == 36 * 4 * 128 * 4096 * 4
@@ -178,31 +188,46 @@ def test_rollback_snapshots_multiply_recurrent_state_only_where_llama_cpp_suppor
                   value_length=256, full_attention_interval=4, ssm_conv_kernel=4, ssm_inner_size=4096,
                   ssm_state_size=128, ssm_group_count=16)
     for arch, factor in (("qwen35", 4), ("jamba", 1)):  # Qwen3.5 keeps n_rs_seq snapshots, Jamba is clamped to 0
-        shape = shape_from_header(_header(arch, **fields))
+        shape = shape_from_hyperparameters(_hp(**fields), arch)
         plain, drafted = (kv_cache_bytes(shape, context_length=4096, rollback_tokens=n) for n in (0, 3))
         assert drafted.recurrent_bytes == factor * plain.recurrent_bytes > 0
         assert drafted.kv_bytes == plain.kv_bytes
 
 
 def test_nemotron_h_gives_the_mlp_only_layers_neither_cache():
-    header = _header("nemotron_h", block_count=4, head_count=8, head_count_kv=[0, 8, 0, 0], embedding_length=1024,
-                     key_length=128, value_length=128, ssm_conv_kernel=4, ssm_inner_size=2048,
-                     ssm_state_size=128, ssm_group_count=8)
-    header["arrays"]["nemotron_h.feed_forward_length"] = {"type": "uint32", "length": 4, "values": [0, 0, 4096, 0]}
-    shape = shape_from_header(header)
+    hp = _hp(block_count=4, head_count=8, head_count_kv=[0, 8, 0, 0], embedding_length=1024,
+             key_length=128, value_length=128, ssm_conv_kernel=4, ssm_inner_size=2048,
+             ssm_state_size=128, ssm_group_count=8, feed_forward_length=[0, 0, 4096, 0])
+    shape = shape_from_hyperparameters(hp, "nemotron_h")
     assert shape.kv_layers == (False, True, False, False)
     assert shape.recurrent_layers == (True, False, False, True)
 
 
-def test_an_unread_per_layer_array_is_an_error_that_names_the_keys_to_scan():
-    header = _header("nemotron_h", block_count=2, head_count=8, head_count_kv=[0, 8], embedding_length=1024)
-    header["arrays"]["nemotron_h.feed_forward_length"] = {"type": "uint32", "length": 2, "values": None}
-    with pytest.raises(ValueError, match="array_values"):
-        shape_from_header(header)
+def test_a_listed_recurrent_layer_array_overrides_the_full_attention_interval():
+    hp = _hp(block_count=4, head_count=16, head_count_kv=2, embedding_length=2048, full_attention_interval=4,
+             recurrent_layers=[1, 0, 1, 0])
+    shape = shape_from_hyperparameters(hp, "qwen35")
+    assert shape.recurrent_layers == (True, False, True, False)
+    assert shape.kv_layers == (False, True, False, True)
+
+
+def test_llama4_without_a_window_key_slides_but_with_a_zero_window_does_not():
+    """llama.cpp tells an absent attention.sliding_window from 0: absence is 8192, 0 turns SWA off."""
+    base = dict(block_count=8, head_count=8, head_count_kv=2, embedding_length=1024)
+    absent = shape_from_hyperparameters(_hp(**base), "llama4")
+    zero = shape_from_hyperparameters(_hp(**base, sliding_window=0), "llama4")
+    assert (absent.sliding_window, absent.swa_layers[:4]) == (8192, (True, True, True, False))
+    assert (zero.sliding_window, zero.swa_layers) == (0, None)
+
+
+def test_a_header_without_block_count_or_embedding_length_has_no_shape():
+    with pytest.raises(ValueError, match="no block_count/embedding_length"):
+        shape_from_hyperparameters(_hp(head_count=8, embedding_length=1024), "llama")
 
 
 def test_without_key_lengths_the_head_size_falls_back_to_embedding_over_heads():
-    shape = shape_from_header(_header("llama", block_count=2, head_count=8, head_count_kv=2, embedding_length=1024))
+    shape = shape_from_hyperparameters(_hp(block_count=2, head_count=8, head_count_kv=2, embedding_length=1024),
+                                       "llama")
     assert shape.head_k(0) == shape.head_v(1) == 128
 
 
@@ -224,16 +249,6 @@ def test_a_vision_projector_is_counted_whole_on_top_of_weights_and_caches():
     assert memory.total_bytes == 700 * MIB + kv.total_bytes == 700 * MIB + 64 * 2 * 2 * 256
 
 
-def _header(arch: str, **fields) -> dict:
-    """A scanner-shaped header: the "model" dict plus the arch's metadata keys."""
-    model_keys = {"block_count", "head_count", "head_count_kv", "embedding_length", "key_length", "value_length",
-                  "sliding_window", "kv_lora_rank", "key_length_mla", "ssm_conv_kernel", "ssm_inner_size",
-                  "ssm_state_size", "ssm_group_count", "full_attention_interval", "context_length"}
-    meta_names = {"key_length": "attention.key_length", "value_length": "attention.value_length",
-                  "sliding_window": "attention.sliding_window", "key_length_mla": "attention.key_length_mla",
-                  "value_length_mla": "attention.value_length_mla", "kv_lora_rank": "attention.kv_lora_rank",
-                  "ssm_conv_kernel": "ssm.conv_kernel", "ssm_inner_size": "ssm.inner_size",
-                  "ssm_state_size": "ssm.state_size", "ssm_group_count": "ssm.group_count"}
-    metadata = {f"{arch}.{meta_names.get(k, k)}": v for k, v in fields.items() if not isinstance(v, list)}
-    model = {k: v for k, v in fields.items() if k in model_keys}
-    return {"architecture": arch, "metadata": metadata, "arrays": {}, "model": model}
+def _hp(**fields) -> Hyperparameters:
+    """Hyperparameters as the inspector builds them from the scanner (lists become tuples)."""
+    return Hyperparameters(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})

@@ -57,6 +57,9 @@ pub enum ErrorKind {
         found: String,
         expected: &'static str,
     },
+    /// A per-layer hyperparameter array (its values are always read) has
+    /// more elements than any model has layers.
+    PerLayerTooLong { key: String, len: u64, max: u64 },
     /// `general.alignment` is zero or not a power of two.
     BadAlignment(u32),
     /// A tensor name is at least llama.cpp's `GGML_MAX_NAME` (64) bytes long.
@@ -194,6 +197,12 @@ impl fmt::Display for ErrorKind {
                 expected,
             } => {
                 write!(f, "key {key:?} has type {found}, expected {expected}")
+            }
+            ErrorKind::PerLayerTooLong { key, len, max } => {
+                write!(
+                    f,
+                    "key {key:?} has {len} per-layer values, more than the limit of {max}"
+                )
             }
             ErrorKind::BadAlignment(a) => write!(f, "alignment {a} is not a power of two"),
             ErrorKind::TensorNameTooLong { len, max } => {

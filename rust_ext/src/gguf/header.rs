@@ -286,7 +286,12 @@ fn read_kv<S: Source>(r: &mut Reader<S>, md: &mut Metadata, opts: &Options) -> R
     let t = r.value_type("value type").map_err(|e| e.followed_by(1))?;
     let value = if t == ValueType::Array {
         let (elem, len) = r.array_header(1)?;
-        let values = if opts.array_values.wants(&key) || model::needs_values(&key, elem) {
+        let per_layer = model::needs_values(&key, elem);
+        if per_layer && len > model::MAX_PER_LAYER_LEN {
+            let max = model::MAX_PER_LAYER_LEN;
+            return Err(err(at, ErrorKind::PerLayerTooLong { key, len, max }));
+        }
+        let values = if opts.array_values.wants(&key) || per_layer {
             Some(r.read_array(elem, len, 1)?)
         } else {
             r.skip_array(elem, len, 1)?;

@@ -22,7 +22,7 @@ use std::path::Path;
 
 pub use error::{ErrorKind, GgufError, Item, Result};
 pub use header::{ArraySelection, Header, Kv, Metadata, Options, Split, TensorInfo};
-pub use model::{Field, IntOrList, ModelParams, SwaPattern};
+pub use model::{Field, IntOrList, ModelParams, SwaPattern, MAX_PER_LAYER_LEN};
 pub use reader::{MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_STRING_LEN};
 pub use source::{FileSource, SliceSource, Source};
 pub use value::{Array, ArrayValues, Int, Scalar, Value, ValueType};
@@ -197,6 +197,160 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A v3 header: `general.architecture = llama`, then `n` pairs written by `kvs`.
+    fn llama_with(n: usize, kvs: impl FnOnce(&mut Enc)) -> Vec<u8> {
+        let mut e = Enc::new(3, false);
+        e.len(0).len(n + 1);
+        e.key("general.architecture", 8).str("llama");
+        kvs(&mut e);
+        e.out
+    }
+
+    fn model_of(data: &[u8]) -> Result<ModelParams> {
+        scan_bytes(data, &Options::default()).map(|h| h.model)
+    }
+
+    fn signed(values: &[i64]) -> Option<IntOrList> {
+        Some(IntOrList::List(
+            values.iter().map(|&v| Int::Signed(v)).collect(),
+        ))
+    }
+
+    #[test]
+    fn every_scalar_hyperparameter_comes_typed_from_its_architecture_key() {
+        type Getter = fn(&ModelParams) -> Option<Int>;
+        let scalars: [(&str, Getter); 12] = [
+            ("nextn_predict_layers", |m| m.nextn_predict_layers),
+            ("attention.key_length_swa", |m| m.key_length_swa),
+            ("attention.value_length_swa", |m| m.value_length_swa),
+            ("attention.value_length_mla", |m| m.value_length_mla),
+            ("attention.shared_kv_layers", |m| m.shared_kv_layers),
+            ("attention.indexer.key_length", |m| m.indexer_key_length),
+            ("wkv.head_size", |m| m.wkv_head_size),
+            ("token_shift_count", |m| m.token_shift_count),
+            ("shortconv.l_cache", |m| m.shortconv_l_cache),
+            ("kda.head_dim", |m| m.kda_head_dim),
+            ("attention.key_length_mla", |m| m.key_length_mla),
+            ("full_attention_interval", |m| m.full_attention_interval),
+        ];
+        let absent = model_of(&llama_with(0, |_| {})).unwrap_or_else(|e| panic!("{e}"));
+        for (i, (suffix, field)) in scalars.iter().enumerate() {
+            let value = 100 + i as u32;
+            let data = llama_with(2, |e| {
+                e.key(&format!("llama.{suffix}"), 4).u32(value);
+                // the same key of another architecture is not read
+                e.key(&format!("other.{suffix}"), 4).u32(7);
+            });
+            let model = model_of(&data).unwrap_or_else(|e| panic!("{suffix}: {e}"));
+            assert_eq!(field(&model), Some(Int::Unsigned(value.into())), "{suffix}");
+            assert_eq!(field(&absent), None, "{suffix}");
+        }
+    }
+
+    #[test]
+    fn per_layer_hyperparameters_are_a_scalar_or_an_array_read_without_being_asked() {
+        let data = llama_with(3, |e| {
+            e.key("llama.feed_forward_length", 9).u32(5).len(3);
+            e.u32(0).u32(4096).u32(0);
+            // a bool array of flags reads as 0/1, as llama.cpp's get_arr reads it
+            e.key("llama.attention.recurrent_layers", 9).u32(7).len(3);
+            e.out.extend([1, 1, 0]);
+            e.key("llama.attention.indexer.types", 4).u32(1);
+        });
+        let h = scan_bytes(&data, &Options::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(h.model.feed_forward_length, signed(&[0, 4096, 0]));
+        let flags = [1, 1, 0].map(Int::Unsigned).to_vec();
+        assert_eq!(h.model.recurrent_layers, Some(IntOrList::List(flags)));
+        assert_eq!(
+            h.model.indexer_types,
+            Some(IntOrList::Int(Int::Unsigned(1)))
+        );
+        // read for the fields, not returned among the metadata unless asked for
+        let returned = |key: &str| match h.metadata.get(key).map(|kv| &kv.value) {
+            Some(Value::Array(a)) => a.values.is_some(),
+            _ => true,
+        };
+        assert!(
+            !returned("llama.feed_forward_length") && !returned("llama.attention.recurrent_layers")
+        );
+    }
+
+    #[test]
+    fn absent_hyperparameters_are_none_and_zero_is_not_absent() {
+        let model = model_of(&llama_with(1, |e| {
+            e.key("llama.attention.sliding_window", 4).u32(0);
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(model.sliding_window, Some(Int::Unsigned(0)));
+        let expected = ModelParams {
+            sliding_window: Some(Int::Unsigned(0)),
+            ..ModelParams::default()
+        };
+        assert_eq!(model, expected);
+        assert!(model.fields().iter().filter(|(_, v)| v.is_some()).count() == 1);
+    }
+
+    #[test]
+    fn a_hyperparameter_of_the_wrong_type_is_an_error_naming_its_key() {
+        type Writer = fn(&mut Enc);
+        let cases: [(&str, Writer); 4] = [
+            ("llama.attention.key_length_swa", |e| {
+                e.key("llama.attention.key_length_swa", 6)
+                    .u32(1.5f32.to_bits());
+            }),
+            ("llama.feed_forward_length", |e| {
+                e.key("llama.feed_forward_length", 9).u32(6).len(1).u32(0);
+            }),
+            ("llama.attention.recurrent_layers", |e| {
+                e.key("llama.attention.recurrent_layers", 8).str("yes");
+            }),
+            ("llama.nextn_predict_layers", |e| {
+                e.key("llama.nextn_predict_layers", 7).out.push(1);
+            }),
+        ];
+        for (key, write) in cases {
+            let err = model_of(&llama_with(1, write)).err();
+            assert!(
+                matches!(&err, Some(GgufError { kind: ErrorKind::WrongType { key: k, .. }, .. }) if k == key),
+                "{key}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_per_layer_array_longer_than_the_bytes_left_is_refused_before_allocating() {
+        // 2^29 uint32 values would be 2 GiB: announced by 8 bytes, held by 4
+        let data = llama_with(1, |e| {
+            e.key("llama.feed_forward_length", 9).u32(4).len(1 << 29);
+            e.u32(1);
+        });
+        let err = model_of(&data).err();
+        let needed = err.as_ref().and_then(|e| e.bytes_needed(data.len() as u64));
+        assert_eq!(needed, Some((1 << 31) - 4), "{err:?}");
+    }
+
+    #[test]
+    fn a_per_layer_array_longer_than_any_model_is_an_error_naming_its_key() {
+        let with_len = |n: u64| {
+            llama_with(1, |e| {
+                e.key("llama.attention.head_count", 9)
+                    .u32(0)
+                    .len(n as usize);
+                e.out.extend(std::iter::repeat_n(8, n as usize));
+            })
+        };
+        let longest = model_of(&with_len(MAX_PER_LAYER_LEN)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            matches!(&longest.head_count, Some(IntOrList::List(l)) if l.len() as u64 == MAX_PER_LAYER_LEN)
+        );
+        let err = model_of(&with_len(MAX_PER_LAYER_LEN + 1)).err();
+        assert!(
+            matches!(&err, Some(GgufError { kind: ErrorKind::PerLayerTooLong { key, len, .. }, .. })
+                if key == "llama.attention.head_count" && *len == MAX_PER_LAYER_LEN + 1),
+            "{err:?}"
+        );
     }
 
     #[test]
