@@ -1,63 +1,153 @@
-"""llama-server's HTTP API: streamed chat completions and /props (SPEC §12)."""
+"""llama-server's HTTP API: streamed chat completions and /props (SPEC §12, §13).
+
+Owns the wire format both ways: the JSON body built from a ChatCall, the SSE
+stream decoded into ChatChunks, llama-server's error frames mapped to the
+domain's errors. Decoding is defensive: whatever a field holds (null, the
+wrong type), the chunk decodes; only an error frame or a broken stream fails.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Mapping
+from typing import Final
 
 import httpx
+from llamagate.domain.capabilities import ServerCapabilities
+from llamagate.domain.chat import (
+    CallMessage,
+    ChatCall,
+    ChatChunk,
+    FinishReason,
+    Timings,
+    Usage,
+)
+from llamagate.domain.errors import (
+    ContextExceeded,
+    EngineFailed,
+    EngineRejected,
+    EngineTimedOut,
+    LlamagateError,
+)
 
-from llamagate.domain.chat import ChatChunk, Timings, Usage
-from llamagate.domain.errors import EngineFailed, EngineRejected
-from llamagate.domain.ports import Endpoint
-
-# Prompt processing can take long before the first byte; reads between
-# tokens are short. Cancellation works throughout: it closes the stream.
+# Prompt processing can take long before the first byte; cancellation works
+# throughout (it closes the stream, and llama-server stops generating).
 FIRST_BYTE_TIMEOUT = 120.0
+_CONNECT_TIMEOUT = 10.0
+_PROPS_TIMEOUT = 10.0
+_HEALTH_TIMEOUT = 2.0
+# llama-server (cpp-httplib) drops an idle connection after 5 s: let ours go
+# first, so a request never goes out on a connection being closed under it.
+_KEEPALIVE_EXPIRY = 3.0
 
 
 class LlamaHttpClient:
-    def __init__(self, read_timeout: float = FIRST_BYTE_TIMEOUT) -> None:
-        self._timeout = httpx.Timeout(10.0, read=read_timeout)
+    """One child's API, over one long-lived connection pool (``aclose()`` it)."""
 
-    async def stream_chat(self, endpoint: Endpoint, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        read_timeout: float = FIRST_BYTE_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests play llama-server's bytes through it
+    ) -> None:
+        self._read_timeout = read_timeout
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(_CONNECT_TIMEOUT, read=read_timeout),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=_KEEPALIVE_EXPIRY),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
         try:
-            async with _client(endpoint, self._timeout) as client:
-                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                    if response.status_code != 200:
-                        raise _rejection(response.status_code, await response.aread())
-                    async for line in response.aiter_lines():
-                        payload = parse_sse_line(line)
-                        if payload is DONE:
-                            return
-                        if isinstance(payload, dict) and "error" in payload:
-                            raise _rejection(500, json.dumps(payload).encode())
-                        if payload is not None:
-                            yield chunk_from_json(payload)
+            async with self._client.stream("POST", "/v1/chat/completions", json=chat_body(call)) as response:
+                if response.status_code != 200:
+                    raise engine_error(_json_or_text(await response.aread()), status=response.status_code)
+                async for line in response.aiter_lines():
+                    event = parse_sse_line(line)
+                    if event is DONE:
+                        return
+                    if isinstance(event, dict) and "error" in event:
+                        raise engine_error(event, status=None)
+                    if isinstance(event, dict):
+                        yield chunk_from_json(event)
+            raise EngineFailed("llama-server's stream ended early, without [DONE]: the reply is incomplete")
+        except httpx.ReadTimeout as error:
+            raise EngineTimedOut(f"llama-server sent nothing for {self._read_timeout:g} s") from error
         except httpx.TransportError as error:
             raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
 
-    async def props(self, endpoint: Endpoint) -> dict[str, object]:
+    async def server_capabilities(self) -> ServerCapabilities:
         try:
-            async with _client(endpoint, httpx.Timeout(10.0)) as client:
-                response = await client.get("/props")
-                props = response.json() if response.status_code == 200 else {}
+            response = await self._client.get("/props", timeout=_PROPS_TIMEOUT)
+            props = response.json() if response.status_code == 200 else None
         except (httpx.HTTPError, ValueError):
-            props = {}
-        return props if isinstance(props, dict) else {}
+            props = None
+        return capabilities_from_props(props)
+
+    async def healthy(self) -> bool:
+        """``/health`` answers 200 (the model is loaded); False while it cannot say."""
+        try:
+            return (await self._client.get("/health", timeout=_HEALTH_TIMEOUT)).status_code == 200
+        except httpx.HTTPError:
+            return False  # not listening yet
 
 
-def _client(endpoint: Endpoint, timeout: httpx.Timeout) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
-    return httpx.AsyncClient(base_url=endpoint.base_url, timeout=timeout, headers=headers)
+# --- the request ---------------------------------------------------------
 
 
-DONE = object()
+def chat_body(call: ChatCall) -> dict[str, object]:
+    """The JSON body for ``/v1/chat/completions`` (streaming, usage included)."""
+    s = call.sampling
+    body: dict[str, object] = {
+        "messages": [_message_json(m) for m in call.messages],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "top_k": s.top_k,
+        "min_p": s.min_p,
+        "repeat_penalty": s.repetition_penalty,
+        "presence_penalty": s.presence_penalty,
+        "max_tokens": call.max_tokens,
+    }
+    if call.wall_clock_limit_ms > 0:
+        body["t_max_predict_ms"] = call.wall_clock_limit_ms
+    if call.stop:
+        body["stop"] = list(call.stop)
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if call.template_kwargs:
+        body["chat_template_kwargs"] = dict(call.template_kwargs)
+    return body
 
 
-def parse_sse_line(line: str) -> dict | object | None:
+def _message_json(message: CallMessage) -> dict[str, object]:
+    if not message.images:
+        return {"role": message.role.value, "content": message.text}
+    parts: list[dict[str, object]] = [{"type": "text", "text": message.text}]
+    for image in message.images:
+        url = f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": message.role.value, "content": parts}
+
+
+# --- the stream ----------------------------------------------------------
+
+DONE: Final = object()
+
+
+def parse_sse_line(line: str) -> dict[str, object] | object | None:
     """``data: {...}`` → the JSON object; ``data: [DONE]`` → DONE; else None
-    (comments, blank keep-alives and malformed lines are skipped)."""
+    (comments, keep-alive pings, blank lines and malformed data are skipped)."""
     if not line.startswith("data:"):
         return None
     data = line[5:].strip()
@@ -65,31 +155,42 @@ def parse_sse_line(line: str) -> dict | object | None:
         return DONE
     try:
         payload = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         return None
     return payload if isinstance(payload, dict) else None
 
 
-def chunk_from_json(payload: dict) -> ChatChunk:
-    choices = payload.get("choices") or [{}]
-    choice = choices[0] if isinstance(choices[0], dict) else {}
-    delta = choice.get("delta") or {}
+def chunk_from_json(payload: Mapping[str, object]) -> ChatChunk:
+    """One ``chat.completion.chunk``; a null or wrong-typed field counts as absent."""
+    choices = payload.get("choices")
+    choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
+    delta = _dict(choice.get("delta"))
     return ChatChunk(
-        reasoning=delta.get("reasoning_content") or "",
-        content=delta.get("content") or "",
-        finish_reason=choice.get("finish_reason"),
+        reasoning=_str(delta.get("reasoning_content")),
+        content=_str(delta.get("content")),
+        finish_reason=finish_reason(choice.get("finish_reason")),
         usage=_usage(payload.get("usage")),
         timings=_timings(payload.get("timings")),
     )
+
+
+def finish_reason(raw: object) -> FinishReason | None:
+    """llama-server's string; None while generating; an unknown reason is a STOP."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        return FinishReason(raw)
+    except ValueError:
+        return FinishReason.STOP
 
 
 def _usage(raw: object) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens", 0)),
-        completion_tokens=int(raw.get("completion_tokens", 0)),
-        total_tokens=int(raw.get("total_tokens", 0)),
+        prompt_tokens=_int(raw.get("prompt_tokens")),
+        completion_tokens=_int(raw.get("completion_tokens")),
+        total_tokens=_int(raw.get("total_tokens")),
     )
 
 
@@ -97,21 +198,112 @@ def _timings(raw: object) -> Timings | None:
     if not isinstance(raw, dict):
         return None
     return Timings(
-        prompt_n=int(raw.get("prompt_n", 0)),
-        prompt_ms=float(raw.get("prompt_ms", 0.0)),
-        prompt_per_second=float(raw.get("prompt_per_second", 0.0)),
-        predicted_n=int(raw.get("predicted_n", 0)),
-        predicted_ms=float(raw.get("predicted_ms", 0.0)),
-        predicted_per_second=float(raw.get("predicted_per_second", 0.0)),
-        cache_n=int(raw.get("cache_n", 0)),
+        prompt_n=_int(raw.get("prompt_n")),
+        prompt_ms=_float(raw.get("prompt_ms")),
+        prompt_per_second=_float(raw.get("prompt_per_second")),
+        predicted_n=_int(raw.get("predicted_n")),
+        predicted_ms=_float(raw.get("predicted_ms")),
+        predicted_per_second=_float(raw.get("predicted_per_second")),
+        cache_n=_int(raw.get("cache_n")),
     )
 
 
-def _rejection(status: int, body: bytes) -> Exception:
+def _dict(value: object) -> dict[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _int(value: object) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return 0
+
+
+def _float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
     try:
-        message = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = body.decode("utf-8", "replace")[:500]
-    if 400 <= status < 500:
+        result = float(value)  # an int beyond a double's range overflows
+    except OverflowError:
+        return 0.0
+    return result if math.isfinite(result) else 0.0
+
+
+# --- errors --------------------------------------------------------------
+
+
+def engine_error(payload: object, *, status: int | None) -> LlamagateError:
+    """The domain error for an error llama-server sent: an HTTP error body
+    (``status`` set) or an error frame in mid-stream (``status`` None).
+
+    Its ``error.type`` decides (tools/server/server-common.cpp,
+    ``format_error_response``); the HTTP status only when there is none.
+    """
+    error = payload.get("error") if isinstance(payload, dict) else None
+    fields = error if isinstance(error, dict) else {}
+    message = _str(fields.get("message")) or _str(error) or _str(payload) or _excerpt(payload)
+    kind = _str(fields.get("type"))
+    if kind == "exceed_context_size_error":
+        return _context_exceeded(fields, message)
+    if kind in ("invalid_request_error", "not_supported_error", "not_found_error"):
         return EngineRejected(f"llama-server rejected the request: {message}")
-    return EngineFailed(f"llama-server answered {status}: {message}")
+    if kind == "unavailable_error":
+        return EngineFailed(f"llama-server is unavailable: {message}")
+    if kind == "server_error":
+        return EngineFailed(f"llama-server failed (server_error): {message}")
+    if kind in ("authentication_error", "permission_error"):
+        return EngineFailed(f"llama-server refused llamagate's key ({kind}): {message}")
+    if status is not None and 400 <= status < 500:
+        return EngineRejected(f"llama-server rejected the request ({status}): {message}")
+    where = f"answered {status}" if status is not None else "reported an error"
+    return EngineFailed(f"llama-server {where}{f' ({kind})' if kind else ''}: {message}")
+
+
+def _context_exceeded(fields: Mapping[str, object], message: str) -> ContextExceeded:
+    needed, holds = _int(fields.get("n_prompt_tokens")), _int(fields.get("n_ctx"))
+    advice = "shorten the conversation or load with a larger context_length"
+    if needed > 0 and holds > 0:
+        text = f"the request needs {needed} tokens; a slot of the loaded model holds {holds}: {advice}"
+    else:
+        text = f"the request does not fit a slot of the loaded model ({message}): {advice}"
+    return ContextExceeded(text, prompt_tokens=needed, context_length=holds)
+
+
+def _json_or_text(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return body.decode("utf-8", "replace")[:500]
+
+
+def _excerpt(payload: object) -> str:
+    try:
+        return json.dumps(payload)[:500]
+    except (ValueError, TypeError, RecursionError):
+        return "no message"
+
+
+# --- /props --------------------------------------------------------------
+
+
+def capabilities_from_props(props: object) -> ServerCapabilities:
+    """``chat_template_caps`` and ``modalities`` of ``/props``; anything missing
+    or not a boolean is None ("llama-server did not say")."""
+    root = _dict(props)
+    template_caps, modalities = _dict(root.get("chat_template_caps")), _dict(root.get("modalities"))
+    return ServerCapabilities(
+        tools=_bool(template_caps.get("supports_tools")),
+        preserve_thinking=_bool(template_caps.get("supports_preserve_reasoning")),
+        vision=_bool(modalities.get("vision")),
+    )
+
+
+def _bool(value: object) -> bool | None:
+    return value if isinstance(value, bool) else None

