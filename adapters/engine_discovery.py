@@ -16,7 +16,7 @@ BINARY = "llama-server"
 INSTALL_HINT = "run `llamagate engine install` (it builds llama-server from source, once)"
 
 
-def candidates(env: Mapping[str, str], llama_cpp_dir: str | None = None) -> list[Path]:
+def candidates(env: Mapping[str, str], cache: Path, llama_cpp_dir: str | None = None) -> list[Path]:
     """Every place we look, in order: $LLAMA_SERVER_PATH, a chosen llama.cpp
     dir, our own cache (CUDA build before CPU), then $PATH."""
     found: list[Path] = []
@@ -24,7 +24,7 @@ def candidates(env: Mapping[str, str], llama_cpp_dir: str | None = None) -> list
         found.append(Path(env["LLAMA_SERVER_PATH"]).expanduser())
     chosen = llama_cpp_dir or env.get("LLAMA_CPP_DIR")
     dirs = [Path(chosen).expanduser()] if chosen else []
-    dirs += [paths.engine_build_dir(backend) for backend in ("cuda", "cpu")]
+    dirs += [paths.engine_build_dir(cache, backend) for backend in ("cuda", "cpu")]
     for directory in dirs:
         found += [directory / BINARY, directory / "bin" / BINARY, directory / "build" / "bin" / BINARY]
     on_path = shutil.which(BINARY, path=env.get("PATH"))
@@ -33,9 +33,9 @@ def candidates(env: Mapping[str, str], llama_cpp_dir: str | None = None) -> list
     return found
 
 
-def find_llama_server(env: Mapping[str, str] | None = None, llama_cpp_dir: str | None = None) -> Path:
-    env = os.environ if env is None else env
-    looked = candidates(env, llama_cpp_dir)
+def find_llama_server(env: Mapping[str, str], cache: Path, llama_cpp_dir: str | None = None) -> Path:
+    """The first executable candidate (blocking: it stats files and searches PATH)."""
+    looked = candidates(env, cache, llama_cpp_dir)
     for candidate in looked:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -43,9 +43,10 @@ def find_llama_server(env: Mapping[str, str] | None = None, llama_cpp_dir: str |
     raise EngineNotFound(f"no {BINARY} found; looked in:\n  {places}\nTo fix: {INSTALL_HINT}")
 
 
-def child_environment(binary: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The child's env: shared libraries beside the binary, then CUDA runtime dirs."""
-    env = dict(os.environ if base is None else base)
+def child_environment(binary: Path, base: Mapping[str, str]) -> dict[str, str]:
+    """The child's env: the service's (``base``), with shared libraries beside the
+    binary, then CUDA runtime dirs, first on the library path."""
+    env = dict(base)
     lib_dirs = [str(binary.parent), *map(str, _cuda_library_dirs())]
     if env.get("LD_LIBRARY_PATH"):
         lib_dirs.append(env["LD_LIBRARY_PATH"])

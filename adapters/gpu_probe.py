@@ -7,12 +7,17 @@ mapper the tests feed with literal data (SPEC §6).
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 from collections.abc import Callable, Mapping
 from types import ModuleType
 
-from llamagate.domain.gpus import MIB, GpuInfo, physical_index, visibility_mask, visible_gpus
+from llamagate.domain.gpus import (
+    MIB,
+    GpuInfo,
+    physical_index,
+    visibility_mask,
+    visible_gpus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +28,9 @@ class ProbeUnavailable(Exception):
     """This probe cannot see GPUs here (no driver, no tool, no library)."""
 
 
-def probe_gpus(env: Mapping[str, str] | None = None, probes: tuple[Callable, ...] | None = None) -> list[GpuInfo]:
-    """The visible GPUs with their free memory, from the first probe that works."""
-    env = os.environ if env is None else env
+def probe_gpus(env: Mapping[str, str], probes: tuple[Callable, ...] | None = None) -> list[GpuInfo]:
+    """The visible GPUs with their free memory, from the first probe that works
+    (``env``: the service's environment, whose masks hide some GPUs)."""
     for probe in probes or (nvml_probe, nvidia_smi_probe, torch_probe):
         try:
             return probe(env)

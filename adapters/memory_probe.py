@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 
 import psutil
-
 from llamagate.adapters.gpu_probe import probe_gpus
 from llamagate.domain.gpus import GpuInfo
 
 
 class SystemMemory:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env  # the service's environment: its GPU visibility masks
+
     def gpus(self) -> list[GpuInfo]:
-        return probe_gpus()
+        return probe_gpus(self._env)
 
     def host_free_bytes(self) -> int:
         return int(psutil.virtual_memory().available)

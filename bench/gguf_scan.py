@@ -19,6 +19,7 @@ faster than GGUFReader, >= 20x faster than the pure-Python scanner, within
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import struct
 import sys
@@ -28,9 +29,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gguf import GGUFReader
-
 from llamagate.adapters import paths
 from llamagate.rust_ext import scan_file
+from llamagate.server.settings import Settings
 
 TARGET_READER = 1000.0
 TARGET_PYTHON = 20.0
@@ -195,9 +196,10 @@ def main() -> int:
     parser.add_argument("--reader-runs", type=int, default=2, help="GGUFReader runs per file (seconds each)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
+    cache = Settings.from_env(os.environ).cache_dir
     files = args.files or [
-        paths.default_model_path(),
-        paths.engine_source_dir() / "models" / "ggml-vocab-qwen2.gguf",
+        paths.default_model_path(cache),
+        paths.engine_source_dir(cache) / "models" / "ggml-vocab-qwen2.gguf",
     ]
     missing = [f for f in files if not f.is_file()]
     if missing:

@@ -1,16 +1,35 @@
 """What a model can do, read from its chat template (SPEC §3).
 
-These are string rules over the Jinja source; llama-server's own
-``/props`` → ``chat_template_caps`` is the cross-check the adapter applies
-after launch (see ``merge_server_caps``).
+These are string rules over the Jinja source; what the engine reports
+after launch (``ServerCapabilities``) is the cross-check applied by
+``merge_server_caps``.
 """
 
 from __future__ import annotations
 
+import enum
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from llamagate.domain.model import Capabilities, ReasoningStyle
+
+class ReasoningStyle(enum.Enum):
+    """How a template switches reasoning on and off (SPEC §3)."""
+
+    NONE = "none"
+    ENABLE_THINKING = "enable_thinking"
+    REASONING_EFFORT = "reasoning_effort"
+    THINKING = "thinking"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    reasoning: bool = False
+    reasoning_style: ReasoningStyle = ReasoningStyle.NONE
+    reasoning_always_on: bool = False
+    preserve_thinking: bool = False
+    tools: bool = False
+    vision: bool = False
+
 
 _TOOL_MARKERS = (
     "{%- if tools %}",
@@ -31,7 +50,7 @@ _SMALL_QWEN_THINKS_OFF_BELOW_B = 9.0
 def capabilities_from_template(template: str | None, model_id: str, *, vision: bool) -> Capabilities:
     text = template or ""
     style = _reasoning_style(text, model_id)
-    always_on = style is ReasoningStyle.NONE and (
+    always_on = style is ReasoningStyle.NONE and (  # reasoning_content: the template's own variable
         ("<think>" in text and "</think>" in text) or "reasoning_content" in text
     )
     return Capabilities(
@@ -63,7 +82,7 @@ def default_thinking_on(model_id: str) -> bool:
     return not sizes or max(sizes) >= _SMALL_QWEN_THINKS_OFF_BELOW_B
 
 
-def launch_template_kwargs(caps: Capabilities, model_id: str) -> dict[str, object]:
+def launch_template_kwargs(caps: Capabilities, model_id: str) -> dict[str, bool | str]:
     """The default ``--chat-template-kwargs`` for a reasoning model (empty if none)."""
     on = default_thinking_on(model_id)
     if caps.reasoning_style is ReasoningStyle.ENABLE_THINKING:
@@ -81,9 +100,9 @@ def request_template_kwargs(
     enable_thinking: bool | None,
     reasoning_effort: str | None,
     preserve_thinking: bool | None,
-) -> dict[str, object]:
+) -> dict[str, bool | str]:
     """Per-request ``chat_template_kwargs`` (SPEC §3): only what the request set."""
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, bool | str] = {}
     style = caps.reasoning_style
     if style is ReasoningStyle.ENABLE_THINKING and enable_thinking is not None:
         kwargs["enable_thinking"] = enable_thinking
@@ -99,17 +118,17 @@ def request_template_kwargs(
     return kwargs
 
 
-def merge_server_caps(caps: Capabilities, props: dict[str, object]) -> Capabilities:
-    """Cross-check with llama-server's ``/props``: it renders the template, so
-    its ``chat_template_caps`` settle tools and preserved reasoning, and its
-    ``modalities`` settle vision."""
-    template_caps = props.get("chat_template_caps")
-    template_caps = template_caps if isinstance(template_caps, dict) else {}
-    modalities = props.get("modalities")
-    modalities = modalities if isinstance(modalities, dict) else {}
-    updates = {
-        "tools": template_caps.get("supports_tools"),
-        "preserve_thinking": template_caps.get("supports_preserve_reasoning"),
-        "vision": modalities.get("vision"),
-    }
-    return replace(caps, **{k: v for k, v in updates.items() if isinstance(v, bool)})
+@dataclass(frozen=True)
+class ServerCapabilities:
+    """What the engine itself says after rendering the template (None: it did not say)."""
+
+    tools: bool | None = None
+    preserve_thinking: bool | None = None
+    vision: bool | None = None
+
+
+def merge_server_caps(caps: Capabilities, server: ServerCapabilities) -> Capabilities:
+    """The engine renders the template, so what it reports settles tools,
+    preserved reasoning and vision; the string rules keep the rest."""
+    updates = {"tools": server.tools, "preserve_thinking": server.preserve_thinking, "vision": server.vision}
+    return replace(caps, **{k: v for k, v in updates.items() if v is not None})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class Role(enum.Enum):
@@ -21,18 +23,32 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
-class Sampling:
-    """None means "use the default" (SPEC §12); 0 is a real value (greedy)."""
+class Range:
+    """Where a number is valid: from ``low`` (excluded when ``above``) to ``high``."""
 
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    max_tokens: int | None = None
+    low: float
+    high: float | None = None
+    above: bool = False
+
+
+def _ranged(low: float, high: float | None = None, *, above: bool = False) -> Any:
+    return field(default=None, metadata={"range": Range(low, high, above)})
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """None means "use the default" (SPEC §12); 0 is a real value (greedy).
+    Each number's valid range sits beside it (``domain.generation.validate``)."""
+
+    temperature: float | None = _ranged(0.0)
+    top_p: float | None = _ranged(0.0, 1.0)
+    top_k: int | None = None  # negative counts as 0 (disabled)
+    min_p: float | None = _ranged(0.0, 1.0)
+    repetition_penalty: float | None = _ranged(0.0, above=True)  # 0 would divide by zero
+    presence_penalty: float | None = _ranged(-2.0, 2.0)
+    max_tokens: int | None = _ranged(1)
     stop: tuple[str, ...] = ()
-    seed: int | None = None
+    seed: int | None = _ranged(0)
 
 
 @dataclass(frozen=True)
@@ -74,12 +90,51 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Image:
+    mime: str  # image/png, image/jpeg, image/gif or image/webp
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CallMessage:
+    role: Role
+    text: str
+    images: tuple[Image, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResolvedSampling:
+    """Every sampler set: the request's values, defaults where it left them unset."""
+
+    temperature: float
+    top_p: float
+    top_k: int  # 0 = disabled
+    min_p: float
+    repetition_penalty: float
+    presence_penalty: float
+    seed: int | None = None  # None: the engine picks one
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One chat completion as the engine is asked for it: the domain's rules
+    applied, nothing of any engine's wire format."""
+
+    messages: tuple[CallMessage, ...]
+    sampling: ResolvedSampling
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    template_kwargs: Mapping[str, bool | str] = field(default_factory=dict)
+    wall_clock_limit_ms: int = 0  # 0: none
+
+
+@dataclass(frozen=True)
 class ChatChunk:
     """One streamed piece from the engine, already decoded from its wire format."""
 
     reasoning: str = ""
     content: str = ""
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timings: Timings | None = None
 

@@ -31,9 +31,30 @@ class EngineFailed(LlamagateError):
     """llama-server exited, refused to start, or went away mid-request."""
 
 
+class EngineTimedOut(EngineFailed):
+    """llama-server sent nothing for longer than the read timeout."""
+
+
 class EngineRejected(LlamagateError):
-    """llama-server answered a request with a client error (e.g. context too long)."""
+    """llama-server answered a request with a client error (a bad field, an unsupported feature)."""
+
+
+class ContextExceeded(LlamagateError):
+    """The conversation does not fit the context a slot of the loaded model holds."""
+
+    def __init__(self, message: str, *, prompt_tokens: int = 0, context_length: int = 0) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.context_length = context_length
 
 
 class Superseded(LlamagateError):
     """A later load or an unload replaced this load before it finished."""
+
+
+class Aborted(LlamagateError):
+    """The service ended a generation on purpose: its model was unloaded or replaced."""
+
+
+class Cancelled(LlamagateError):
+    """Work stopped because whoever asked for it went away."""

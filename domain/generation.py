@@ -1,37 +1,44 @@
-"""Validating a chat request, shaping it for llama-server, folding the stream.
+"""Validating a chat request, shaping it into a ChatCall, folding the stream.
 
-Defaults and the always-on wall-clock backstop are SPEC §12's.
+Defaults and the always-on wall-clock backstop are SPEC §12's. Nothing here
+knows how an engine spells a request: ``adapters/llama_http`` turns the
+ChatCall into llama-server's JSON.
 """
 
 from __future__ import annotations
 
-import base64
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 
-from llamagate.domain.capabilities import request_template_kwargs
+from llamagate.domain.capabilities import Capabilities, request_template_kwargs
 from llamagate.domain.chat import (
+    CallMessage,
+    ChatCall,
     ChatChunk,
+    ChatMessage,
     ContentDelta,
     Done,
     FinishReason,
     GenerateEvent,
     GenerateRequest,
+    Image,
+    Range,
     ReasoningDelta,
-    Role,
+    ResolvedSampling,
+    Sampling,
     Timings,
     Usage,
 )
 from llamagate.domain.errors import InvalidArgument
-from llamagate.domain.model import Capabilities
 
-DEFAULTS = {
-    "temperature": 0.6,
-    "top_p": 0.95,
-    "top_k": 20,
-    "min_p": 0.01,
-    "repeat_penalty": 1.0,
-    "presence_penalty": 0.0,
-}
+DEFAULT_SAMPLING = ResolvedSampling(
+    temperature=0.6,
+    top_p=0.95,
+    top_k=20,
+    min_p=0.01,
+    repetition_penalty=1.0,
+    presence_penalty=0.0,
+)
 MAX_TOKENS_WITHOUT_CONTEXT = 32768
 WALL_CLOCK_BACKSTOP_MS = 600_000
 
@@ -50,52 +57,30 @@ def validate(request: GenerateRequest, caps: Capabilities) -> None:
     for i, message in enumerate(request.messages):
         if message.image and not caps.vision:
             raise InvalidArgument(f"messages[{i}].image: the loaded model has no vision projector")
-        if message.image and _image_mime(message.image) is None:
+        if message.image and image_mime(message.image) is None:
             raise InvalidArgument(f"messages[{i}].image: not a PNG, JPEG, GIF or WebP image")
-    s = request.sampling
-    _check(s.temperature, "temperature", low=0.0)
-    _check(s.top_p, "top_p", low=0.0, high=1.0)
-    _check(s.min_p, "min_p", low=0.0, high=1.0)
-    _check(s.repetition_penalty, "repetition_penalty", low=0.0)
-    _check(s.presence_penalty, "presence_penalty", low=-2.0, high=2.0)
-    _check(s.max_tokens, "max_tokens", low=1)
-    _check(s.seed, "seed", low=0)
+    for f in fields(Sampling):
+        if "range" in f.metadata:
+            _check(getattr(request.sampling, f.name), f.name, f.metadata["range"])
     effort = request.reasoning.reasoning_effort
     if effort not in (None, "low", "medium", "high"):
         raise InvalidArgument(f"reasoning_effort must be low, medium or high, got {effort!r}")
 
 
-def _check(value: float | None, name: str, *, low: float, high: float | None = None) -> None:
+def _check(value: float | None, name: str, valid: Range) -> None:
     if value is None:
         return
-    if value != value:  # NaN
-        raise InvalidArgument(f"sampling.{name} is NaN")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
+    if not math.isfinite(value):  # NaN and ±inf have no meaning here (nor any JSON spelling)
+        raise InvalidArgument(f"sampling.{name} must be a finite number, got {value}")
+    too_low = value <= valid.low if valid.above else value < valid.low
+    if too_low or (valid.high is not None and value > valid.high):
+        lower = f"> {valid.low}" if valid.above else f">= {valid.low}"
+        bound = lower if valid.high is None else f"between {valid.low} and {valid.high}"
         raise InvalidArgument(f"sampling.{name} must be {bound}, got {value}")
 
 
-def chat_body(request: GenerateRequest, caps: Capabilities, context_length: int) -> dict[str, object]:
-    """The JSON body for llama-server's ``/v1/chat/completions`` (streaming)."""
-    s = request.sampling
-    body: dict[str, object] = {
-        "messages": [_message_json(m) for m in request.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "temperature": _or(s.temperature, DEFAULTS["temperature"]),
-        "top_p": _or(s.top_p, DEFAULTS["top_p"]),
-        "top_k": max(0, _or(s.top_k, DEFAULTS["top_k"])),
-        "min_p": _or(s.min_p, DEFAULTS["min_p"]),
-        "repeat_penalty": _or(s.repetition_penalty, DEFAULTS["repeat_penalty"]),
-        "presence_penalty": _or(s.presence_penalty, DEFAULTS["presence_penalty"]),
-        # Callers that omit max_tokens must not be cut short.
-        "max_tokens": s.max_tokens or context_length or MAX_TOKENS_WITHOUT_CONTEXT,
-        "t_max_predict_ms": WALL_CLOCK_BACKSTOP_MS,
-    }
-    if s.stop:
-        body["stop"] = list(s.stop)
-    if s.seed is not None:
-        body["seed"] = s.seed
+def chat_call(request: GenerateRequest, caps: Capabilities, context_length: int) -> ChatCall:
+    """The call to make for a validated request (see ``validate``)."""
     r = request.reasoning
     kwargs = request_template_kwargs(
         caps,
@@ -103,24 +88,37 @@ def chat_body(request: GenerateRequest, caps: Capabilities, context_length: int)
         reasoning_effort=r.reasoning_effort,
         preserve_thinking=r.preserve_thinking,
     )
-    if kwargs:
-        body["chat_template_kwargs"] = kwargs
-    return body
+    return ChatCall(
+        messages=tuple(_call_message(m) for m in request.messages),
+        sampling=resolve_sampling(request.sampling),
+        # Callers that omit max_tokens must not be cut short.
+        max_tokens=request.sampling.max_tokens or context_length or MAX_TOKENS_WITHOUT_CONTEXT,
+        stop=request.sampling.stop,
+        template_kwargs=kwargs,
+        wall_clock_limit_ms=WALL_CLOCK_BACKSTOP_MS,
+    )
 
 
-def _or(value, default):
-    return default if value is None else value
+def resolve_sampling(s: Sampling) -> ResolvedSampling:
+    d = DEFAULT_SAMPLING
+    return ResolvedSampling(
+        temperature=d.temperature if s.temperature is None else s.temperature,
+        top_p=d.top_p if s.top_p is None else s.top_p,
+        top_k=max(0, d.top_k if s.top_k is None else s.top_k),  # negative: disabled
+        min_p=d.min_p if s.min_p is None else s.min_p,
+        repetition_penalty=d.repetition_penalty if s.repetition_penalty is None else s.repetition_penalty,
+        presence_penalty=d.presence_penalty if s.presence_penalty is None else s.presence_penalty,
+        seed=s.seed,
+    )
 
 
-def _message_json(message) -> dict[str, object]:
-    if not message.image:
-        return {"role": message.role.value, "content": message.text}
-    url = f"data:{_image_mime(message.image)};base64,{base64.b64encode(message.image).decode()}"
-    parts = [{"type": "text", "text": message.text}, {"type": "image_url", "image_url": {"url": url}}]
-    return {"role": message.role.value, "content": parts}
+def _call_message(message: ChatMessage) -> CallMessage:
+    mime = image_mime(message.image) if message.image else None
+    images = (Image(mime, message.image),) if mime else ()
+    return CallMessage(message.role, message.text, images)
 
 
-def _image_mime(data: bytes) -> str | None:
+def image_mime(data: bytes) -> str | None:
     return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), None)
 
 
@@ -147,8 +145,8 @@ class StreamFolder:
         if chunk.content:
             self.saw_content = True
             events.append(ContentDelta(chunk.content))
-        if chunk.finish_reason:
-            self.finish_reason = _finish_reason(chunk.finish_reason)
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
             self.usage = chunk.usage
         if chunk.timings is not None:
@@ -161,10 +159,3 @@ class StreamFolder:
             events.append(ContentDelta("".join(self.reasoning)))
         events.append(Done(self.finish_reason, self.usage, self.timings))
         return events
-
-
-def _finish_reason(raw: str) -> FinishReason:
-    try:
-        return FinishReason(raw)
-    except ValueError:
-        return FinishReason.STOP

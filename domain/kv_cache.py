@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llamagate.domain.model import KvCacheType
+from llamagate.domain.load_options import KvCacheType
 from llamagate.domain.model_shape import ModelShape
 
 # ggml type traits: (bytes per block, elements per block)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Sequence
 
-from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.errors import Cancelled, InvalidArgument
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.kv_cache import KvEstimate, kv_cache_bytes
-from llamagate.domain.model import LoadOptions, ModelFacts
+from llamagate.domain.load_options import LoadOptions
+from llamagate.domain.model_facts import ModelFacts
+from llamagate.domain.model_shape import ModelShape, shape_from_hyperparameters
 from llamagate.domain.planning import MIN_CONTEXT, Plan, make_plan
 
 
@@ -28,18 +31,29 @@ def plan_load(
     *,
     projector_bytes: int = 0,
     simulated: bool = False,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> LoadPlan:
+    """The plan for loading ``facts`` with ``options``. Raises InvalidModel for
+    hyperparameters out of bounds, InvalidArgument for options no plan fits,
+    Cancelled as soon as ``should_stop()`` says its caller went away."""
     native = facts.native_context_length or MIN_CONTEXT
     weights = facts.size_bytes + projector_bytes
-    if facts.shape is None:
+    shape, missing = _shape(facts)
+    if shape is None:
         context = options.context_length or native
-        why = (f"the header lacks the shape a KV estimate needs ({facts.shape_error}): "
+        why = (f"the header lacks the shape a KV estimate needs ({missing}): "
                f"context {context} unfitted, llama-server's --fit on decides the offload")
         plan = Plan(context, (), False, False, weights, 0, (), context, (why,))
         return LoadPlan(facts, plan, None, simulated)
 
+    estimates: dict[int, KvEstimate] = {}  # the search asks for some contexts more than once
+
     def kv_at(context: int) -> KvEstimate:
-        return _kv(facts, options, context)
+        if should_stop():
+            raise Cancelled("planning stopped: its caller went away")
+        if context not in estimates:
+            estimates[context] = _kv(shape, facts.architecture, options, context)
+        return estimates[context]
 
     plan = make_plan(gpus, host_free_bytes, weights, lambda c: kv_at(c).total_bytes,
                      options.context_length, native)
@@ -47,15 +61,27 @@ def plan_load(
 
 
 def check_plannable(facts: ModelFacts, options: LoadOptions) -> None:
-    """Raise InvalidArgument now for options no plan can satisfy, so a bad
-    request fails before the loaded model is stopped."""
-    if facts.shape is not None:
-        _kv(facts, options, options.context_length or facts.native_context_length or MIN_CONTEXT)
+    """Raise InvalidModel (hyperparameters out of bounds) or InvalidArgument
+    (options no plan can satisfy) now, so a bad request fails before the
+    loaded model is stopped."""
+    shape, _ = _shape(facts)
+    if shape is not None:
+        _kv(shape, facts.architecture, options,
+            options.context_length or facts.native_context_length or MIN_CONTEXT)
 
 
-def _kv(facts: ModelFacts, options: LoadOptions, context: int) -> KvEstimate:
+def _shape(facts: ModelFacts) -> tuple[ModelShape | None, str]:
+    """The KV-relevant shape, or None and why when the header lacks it.
+    InvalidModel (a value out of bounds) goes up: such a file is refused."""
     try:
-        return kv_cache_bytes(facts.shape, context_length=context, parallel=options.parallel,
+        return shape_from_hyperparameters(facts.hyperparameters, facts.architecture), ""
+    except ValueError as error:
+        return None, str(error)
+
+
+def _kv(shape: ModelShape, architecture: str, options: LoadOptions, context: int) -> KvEstimate:
+    try:
+        return kv_cache_bytes(shape, context_length=context, parallel=options.parallel,
                               cache_type_k=options.cache_type, cache_type_v=options.cache_type)
     except ValueError as error:  # e.g. a context too small to split over the slots
-        raise InvalidArgument(f"{facts.architecture} with these options: {error}") from error
+        raise InvalidArgument(f"{architecture} with these options: {error}") from error

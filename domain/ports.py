@@ -1,4 +1,8 @@
-"""How the domain talks to the world. Adapters satisfy these by shape."""
+"""How the domain and the application talk to the world.
+
+Adapters satisfy these by shape (no inheritance); ``tests/fakes.py`` holds a
+fake of each. Only domain types cross them: no URL, port, flag or raw dict.
+"""
 
 from __future__ import annotations
 
@@ -6,60 +10,86 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from llamagate.domain.chat import ChatChunk
+from llamagate.domain.capabilities import ServerCapabilities
+from llamagate.domain.chat import ChatCall, ChatChunk
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.launch import LaunchSpec
-from llamagate.domain.model import ModelFacts
+from llamagate.domain.model_facts import ModelFacts
 
 
 class ModelInspector(Protocol):
     def inspect(self, path: str) -> ModelFacts:
-        """Read the GGUF header. Raises ModelNotFound or InvalidModel."""
+        """Read the GGUF header (blocking). Raises ModelNotFound or InvalidModel."""
+        ...
 
 
 class MemoryProbe(Protocol):
     def gpus(self) -> list[GpuInfo]:
-        """The GPUs this service may use, with their free memory now."""
+        """The GPUs this service may use, with their free memory now (blocking)."""
+        ...
 
     def host_free_bytes(self) -> int:
         """System memory available now (the pool when there is no GPU)."""
+        ...
 
 
 @dataclass(frozen=True)
-class Endpoint:
-    """Where a child serves HTTP, and the key it demands (empty: none)."""
+class EngineExit:
+    """How a child ended: ``how`` in words ("exit code 1", "killed by SIGKILL")."""
 
-    base_url: str
-    api_key: str = ""
+    how: str
+    last_output: str = ""
 
-
-class EngineProcess(Protocol):
-    pid: int
-    endpoint: Endpoint
-
-    def watch_until_ready(self) -> AsyncIterator[int]:
-        """Yield resident bytes while loading; return once healthy.
-
-        Raises EngineFailed (with the child's last output) if it exits first.
-        """
-
-    async def stop(self) -> None:
-        """SIGTERM, a grace period, then SIGKILL; returns once the child is gone."""
-
-    async def wait_exit(self) -> str:
-        """Return once the child has exited, for whatever reason, saying how (code, last output)."""
-
-
-class EngineLauncher(Protocol):
-    def free_port(self) -> int: ...
-
-    async def launch(self, spec: LaunchSpec, *, chat_template: str = "") -> EngineProcess:
-        """Spawn llama-server; ``chat_template`` overrides the model's template."""
+    def describe(self) -> str:
+        return f"{self.how}; its last output:\n{self.last_output}" if self.last_output else self.how
 
 
 class ChatEngine(Protocol):
-    def stream_chat(self, endpoint: Endpoint, body: dict[str, object]) -> AsyncIterator[ChatChunk]:
-        """Stream a chat completion. Raises EngineFailed or EngineRejected."""
+    """One running engine's API."""
 
-    async def props(self, endpoint: Endpoint) -> dict[str, object]:
-        """llama-server's ``/props`` (its own view of the template and modalities); {} if unavailable."""
+    def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
+        """Stream a completion. Raises EngineFailed (EngineTimedOut), EngineRejected or ContextExceeded."""
+        ...
+
+    async def server_capabilities(self) -> ServerCapabilities:
+        """What the engine reports about the loaded template and modalities (all None if it cannot say)."""
+        ...
+
+
+class EngineProcess(Protocol):
+    """One running engine child."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def chat(self) -> ChatEngine: ...
+
+    def wait_ready(self) -> AsyncIterator[int]:
+        """Yield resident bytes while loading; return once healthy.
+
+        Raises EngineFailed (with the child's last output) if it exits or
+        times out first; the child is then already stopped.
+        """
+        ...
+
+    async def stop(self) -> None:
+        """Ask it to stop, then kill it after a grace period; returns once it is gone.
+
+        Idempotent. Cancelled mid-way, it kills the child at once and re-raises.
+        """
+        ...
+
+    async def wait_exit(self) -> EngineExit:
+        """Return once the child has exited, for whatever reason, saying how."""
+        ...
+
+
+class EngineLauncher(Protocol):
+    def check(self) -> None:
+        """Raise EngineNotFound or EngineFailed now if no engine could be started (blocking)."""
+        ...
+
+    async def launch(self, spec: LaunchSpec) -> EngineProcess:
+        """Spawn an engine for ``spec``. Raises EngineFailed if it cannot be started."""
+        ...

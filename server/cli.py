@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 import sys
+from dataclasses import replace
 
-from llamagate.server.config import default_address
+from llamagate.server.settings import MIB, Settings
 
-_EPILOG = "Environment: LLAMAGATE_ADDRESS (default address), LLAMA_SERVER_PATH, LLAMAGATE_CACHE_DIR."
+_EPILOG = ("Environment: LLAMAGATE_ADDRESS (default address), LLAMA_SERVER_PATH, LLAMA_CPP_DIR, "
+           "LLAMAGATE_CACHE_DIR, LLAMAGATE_MAX_MESSAGE_MB.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    try:
+        settings = Settings.from_env(os.environ)  # the one read of the environment
+    except ValueError as error:
+        print(f"llamagate: {error}", file=sys.stderr)
+        return 2
+    parser = _parser(settings)
     args = parser.parse_args(argv)
+    args.settings = _apply_options(settings, args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
@@ -24,11 +34,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
+def _apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
+    """Command-line options win over the environment."""
+    changes: dict[str, object] = {}
+    if getattr(args, "listen", None):
+        changes["address"] = args.listen
+    if getattr(args, "llama_cpp_dir", None):
+        changes["llama_cpp_dir"] = args.llama_cpp_dir
+    if getattr(args, "max_message_mb", None):
+        changes["max_message_bytes"] = args.max_message_mb * MIB
+    return replace(settings, **changes)
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamagate", description="Run GGUF models over gRPC.", epilog=_EPILOG)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (llama-server's output too)")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
-    address = default_address()
+    address = settings.address
 
     serve = sub.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--listen", default=address, help=f"host:port to listen on (default {address})")
@@ -37,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ctx", type=int, default=0, help="context length (0 = the model's native)")
     serve.add_argument("--parallel", type=int, default=1, help="parallel slots")
     serve.add_argument("--llama-cpp-dir", help="a llama.cpp install to take llama-server from")
+    serve.add_argument("--max-message-mb", type=_megabytes, metavar="MIB",
+                       help=f"largest request accepted, in MiB (default {settings.max_message_bytes // MIB})")
     serve.set_defaults(run=_serve)
 
     chat = sub.add_parser("chat", help="stream an answer from the running service")
@@ -85,55 +109,62 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _megabytes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"a whole number of MiB between 1 and 1024, not {text!r}")
+    return int(text)
+
+
 def _serve(args) -> int:
-    return asyncio.run(_serve_async(args))
+    return asyncio.run(_serve_async(args.settings, args))
 
 
-async def _serve_async(args) -> int:
+async def _serve_async(settings: Settings, args) -> int:
     from llamagate.domain.errors import LlamagateError
-    from llamagate.server.app import ListenError, clean_orphans
+    from llamagate.server.app import ListenError, clean_stale_children
 
-    clean_orphans(args.llama_cpp_dir)
+    await clean_stale_children(settings)
     try:
-        await _run_service(args)
+        await _run_service(settings, args)
     except (LlamagateError, ListenError) as error:
         print(f"llamagate: {error}", file=sys.stderr)
         return 1
     finally:
-        clean_orphans(args.llama_cpp_dir)
+        await clean_stale_children(settings)
     return 0
 
 
-async def _run_service(args) -> None:
+async def _run_service(settings: Settings, args) -> None:
     from llamagate.adapters.default_model import ensure_default_model
-    from llamagate.domain.model import LoadOptions, LoadPhase
-    from llamagate.server.app import build_manager, create_server
+    from llamagate.domain.load_options import LoadOptions
+    from llamagate.domain.model_info import LoadPhase
+    from llamagate.server.app import build_slot, create_server
 
-    manager = build_manager(args.llama_cpp_dir)
+    slot = build_slot(settings)
     loading = None
     if not args.no_model:
-        path = args.model or str(ensure_default_model())
-        loading = manager.load(path, LoadOptions(context_length=args.ctx, parallel=args.parallel))
-        # Once the file is resolved the model is LOADING; listen only then, so
+        path = args.model or str(await asyncio.to_thread(ensure_default_model, settings.cache_dir))
+        loading = slot.load(path, LoadOptions(context_length=args.ctx, parallel=args.parallel))
+        # Once the file is checked the model is LOADING; listen only then, so
         # an early client waits for it instead of seeing "no model loaded".
         first = await anext(loading)
         while first.phase is LoadPhase.RESOLVING:
             first = await anext(loading)
     try:
-        app = await create_server(args.listen, manager)
+        app = await create_server(settings, slot)
     except BaseException:
         if loading:
             await loading.aclose()
         raise
-    print(f"llamagate listening on {args.listen.rsplit(':', 1)[0]}:{app.port}", flush=True)
+    print(f"llamagate listening on {settings.address.rsplit(':', 1)[0]}:{app.port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    load_task = asyncio.create_task(app.follow_load(first, loading)) if loading else None
+    load_task = asyncio.create_task(_follow_load(first, loading)) if loading else None
     try:
         if load_task:
             await asyncio.wait({load_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
-            if load_task.done():
+            if load_task.done():  # a failed start-up load ends serve with its error
                 ready = load_task.result()
                 print(f"model {ready.id} ready: context {ready.context_length}, pid {ready.pid}", flush=True)
         await stop.wait()
@@ -141,6 +172,19 @@ async def _run_service(args) -> None:
         if load_task:
             load_task.cancel()
         await app.stop()
+
+
+async def _follow_load(event, events):
+    """Drive the start-up load (no RPC caller), logging its phases."""
+    from llamagate.domain.model_info import LoadPhase
+
+    log = logging.getLogger("llamagate.serve")
+    async with contextlib.aclosing(events):
+        while True:
+            log.info("load %s: %s", event.phase.value, event.message)
+            if event.phase is LoadPhase.READY and event.model is not None:
+                return event.model
+            event = await anext(events)
 
 
 def _client_command(name: str):
@@ -155,7 +199,7 @@ def _client_command(name: str):
 def _engine_install(args) -> int:
     from llamagate.adapters.engine_install import install_engine
 
-    install_engine(backend=args.backend, force=args.force, test_tools=args.test_tools)
+    install_engine(args.settings.cache_dir, backend=args.backend, force=args.force, test_tools=args.test_tools)
     return 0
 
 
@@ -164,7 +208,7 @@ def _engine_path(args) -> int:
     from llamagate.domain.errors import EngineNotFound
 
     try:
-        print(find_llama_server())
+        print(find_llama_server(args.settings.env, args.settings.cache_dir, args.settings.llama_cpp_dir or None))
     except EngineNotFound as error:
         print(error, file=sys.stderr)
         return 1
@@ -174,21 +218,21 @@ def _engine_path(args) -> int:
 def _model_default(args) -> int:
     from llamagate.adapters.default_model import ensure_default_model
 
-    print(ensure_default_model(say=lambda line: print(line, file=sys.stderr)))
+    print(ensure_default_model(args.settings.cache_dir, say=lambda line: print(line, file=sys.stderr)))
     return 0
 
 
 def _plan(args) -> int:
     from llamagate.domain.errors import LlamagateError
-    from llamagate.domain.model import KvCacheType, LoadOptions
-    from llamagate.server.app import build_manager
+    from llamagate.domain.load_options import KvCacheType, LoadOptions
+    from llamagate.server.app import build_slot
     from llamagate.server.plan_table import render_plan
 
     try:
         options = LoadOptions(context_length=args.ctx, parallel=args.parallel,
                               cache_type=KvCacheType(args.cache_type), mmproj_path=args.mmproj)
         gpus = parse_gpus(args.gpus) if args.gpus else None
-        load_plan = asyncio.run(build_manager().plan(args.model, options, gpus))
+        load_plan = asyncio.run(build_slot(args.settings).plan(args.model, options, gpus))
     except (LlamagateError, ValueError) as error:
         print(f"llamagate: {error}", file=sys.stderr)
         return 1
@@ -213,8 +257,8 @@ def _setup(args) -> int:
     from llamagate.adapters.default_model import ensure_default_model
     from llamagate.adapters.engine_install import install_engine
 
-    install_engine(test_tools=args.test_tools)
-    ensure_default_model()
+    install_engine(args.settings.cache_dir, test_tools=args.test_tools)
+    ensure_default_model(args.settings.cache_dir)
     return 0
 
 

@@ -5,21 +5,14 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from llamagate.domain import chat
+from llamagate.domain.capabilities import Capabilities, ReasoningStyle
 from llamagate.domain.errors import InvalidArgument
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.kv_cache import KvEstimate
+from llamagate.domain.load_options import KvCacheType, LoadOptions, Speculative
 from llamagate.domain.load_plan import LoadPlan
-from llamagate.domain.model import (
-    Capabilities,
-    KvCacheType,
-    LoadEvent,
-    LoadOptions,
-    LoadPhase,
-    ModelInfo,
-    ModelState,
-    ReasoningStyle,
-    Speculative,
-)
+from llamagate.domain.model_info import LoadEvent, LoadPhase, ModelInfo
+from llamagate.domain.model_state import ModelState
 from llamagate.v1 import llamagate_pb2 as pb
 
 _CACHE = {
@@ -53,6 +46,8 @@ _STATE = {
     ModelState.EMPTY: pb.MODEL_STATE_EMPTY,
     ModelState.LOADING: pb.MODEL_STATE_LOADING,
     ModelState.READY: pb.MODEL_STATE_READY,
+    ModelState.STOPPING: pb.MODEL_STATE_STOPPING,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
 }
 _STYLE = {
     ReasoningStyle.NONE: pb.REASONING_STYLE_UNSPECIFIED,

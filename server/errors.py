@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-
 from llamagate.domain import errors
 
 STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
@@ -14,7 +13,10 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.EngineNotFound: grpc.StatusCode.FAILED_PRECONDITION,
     errors.EngineRejected: grpc.StatusCode.INVALID_ARGUMENT,
     errors.EngineFailed: grpc.StatusCode.UNAVAILABLE,
+    errors.ContextExceeded: grpc.StatusCode.OUT_OF_RANGE,  # fixable by state: a larger context or a shorter chat
     errors.Superseded: grpc.StatusCode.CANCELLED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.Aborted: grpc.StatusCode.ABORTED,  # the service ended it (unload, replacement): retry
 }
 
 

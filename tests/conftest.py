@@ -7,12 +7,15 @@ are missing instead of skipping, so a broken set-up cannot pass CI.
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
-
 from llamagate.adapters import paths
+from llamagate.domain.ports import MemoryProbe
+from llamagate.server.settings import Settings
 
 # Tests never assert on time: a slow CI machine must not fail a property.
 settings.register_profile("llamagate", deadline=None)
@@ -26,14 +29,25 @@ def _require(path: Path, how: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def llama_cpp_tree() -> Path:
-    """The llama.cpp source tree of the pinned sdist (models/, templates/)."""
-    return _require(paths.engine_source_dir(), "llamagate engine install")
+def service_settings() -> Settings:
+    """The settings a `llamagate serve` started here would read."""
+    return Settings.from_env(os.environ)
 
 
 @pytest.fixture(scope="session")
-def smollm2_path() -> Path:
-    return _require(paths.default_model_path(), "llamagate model default")
+def cache_dir(service_settings) -> Path:
+    return service_settings.cache_dir
+
+
+@pytest.fixture(scope="session")
+def llama_cpp_tree(cache_dir) -> Path:
+    """The llama.cpp source tree of the pinned sdist (models/, templates/)."""
+    return _require(paths.engine_source_dir(cache_dir), "llamagate engine install")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path(cache_dir) -> Path:
+    return _require(paths.default_model_path(cache_dir), "llamagate model default")
 
 
 class RunningService:
@@ -42,17 +56,22 @@ class RunningService:
     Tests talk to it through a real channel, exactly like a client would.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None, memory: MemoryProbe | None = None) -> None:
         import asyncio
         import threading
 
-        from llamagate.server.app import create_server
-
+        settings = replace(settings or Settings.from_env(os.environ), address="127.0.0.1:0")
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llamagate-test-server", daemon=True)
         self._thread.start()
-        self.app = self.call(create_server("127.0.0.1:0"))
+        self.app = self.call(self._start(settings, memory))
         self.address = f"127.0.0.1:{self.app.port}"
+
+    @staticmethod
+    async def _start(settings: Settings, memory: MemoryProbe | None):
+        from llamagate.server.app import build_slot, create_server
+
+        return await create_server(settings, build_slot(settings, memory))  # the slot's tasks live on this loop
 
     def call(self, coroutine):
         import asyncio
@@ -75,7 +94,6 @@ def service(llama_cpp_tree, smollm2_path):
 @pytest.fixture(scope="module")
 def stub(service):
     import grpc
-
     from llamagate.v1 import llamagate_pb2_grpc
 
     with grpc.insecure_channel(service.address) as channel:

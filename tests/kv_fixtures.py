@@ -3,6 +3,7 @@ test-llama-archs, and what the real llama-server says it allocated."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -12,8 +13,7 @@ from pathlib import Path
 
 from llamagate.adapters.engine_discovery import child_environment
 from llamagate.adapters.engine_install import installed
-from llamagate.domain.gpus import MIB
-
+from llamagate.server.settings import Settings
 
 # llama_kv_cache / llama_memory_recurrent constructors' summary lines
 _KV_LINE = re.compile(
@@ -87,7 +87,7 @@ def server_memory(server: Path, model: Path, *, context: int, parallel: int, ext
             "--fit", "off", "-t", "1", "-lv", "4", *extra]  # -lv 4 prints the cache summaries
     lines: list[str] = []
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=child_environment(server))
+                            env=child_environment(server, os.environ))
     watchdog = threading.Timer(timeout, proc.kill)  # a server that hangs silently still ends the read
     watchdog.start()
     try:
@@ -105,8 +105,9 @@ def server_memory(server: Path, model: Path, *, context: int, parallel: int, ext
 
 def archs_tool() -> Path | None:
     """The built test-llama-archs (``llamagate engine install --test-tools``)."""
+    cache = Settings.from_env(os.environ).cache_dir
     for backend in ("cuda", "cpu"):
-        candidate = installed(backend, "test-llama-archs")
+        candidate = installed(cache, backend, "test-llama-archs")
         if candidate.is_file():
             return candidate
     return None

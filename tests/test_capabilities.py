@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from llamagate.domain.capabilities import (
+    Capabilities,
+    ReasoningStyle,
+    ServerCapabilities,
     capabilities_from_template,
     default_thinking_on,
     launch_template_kwargs,
     merge_server_caps,
     request_template_kwargs,
 )
-from llamagate.domain.model import Capabilities, ReasoningStyle
 
 
 def caps_of(llama_cpp_tree, name: str, model_id: str | None = None) -> Capabilities:
@@ -88,12 +89,14 @@ def test_request_kwargs_send_only_what_the_template_understands(style, preserve,
         assert kwargs["preserve_thinking"] is keep
 
 
-def test_llama_servers_props_settle_tools_preserved_reasoning_and_vision():
+def test_what_the_engine_reports_settles_tools_preserved_reasoning_and_vision():
     caps = Capabilities(tools=False)
-    props = {"chat_template_caps": {"supports_tools": True, "supports_preserve_reasoning": True},
-             "modalities": {"vision": True}}
-    merged = merge_server_caps(caps, props)
+    merged = merge_server_caps(caps, ServerCapabilities(tools=True, preserve_thinking=True, vision=True))
     assert merged.tools and merged.preserve_thinking and merged.vision
-    assert not merge_server_caps(Capabilities(tools=True), {"chat_template_caps": {"supports_tools": False}}).tools
-    assert merge_server_caps(caps, {}) == caps
-    assert merge_server_caps(caps, {"chat_template_caps": "garbage"}) == caps
+    assert not merge_server_caps(Capabilities(tools=True), ServerCapabilities(tools=False)).tools
+
+
+@given(st.builds(Capabilities, reasoning=st.booleans(), tools=st.booleans(), vision=st.booleans(),
+                 preserve_thinking=st.booleans()))
+def test_an_engine_that_says_nothing_changes_nothing(caps):
+    assert merge_server_caps(caps, ServerCapabilities()) == caps

@@ -11,9 +11,8 @@ import sys
 import grpc
 import psutil
 import pytest
-
-from llamagate.v1 import llamagate_pb2 as pb
 from conftest import RunningService
+from llamagate.v1 import llamagate_pb2 as pb
 
 pytestmark = pytest.mark.engine
 
@@ -52,6 +51,30 @@ def test_serve_loads_the_default_model_and_chat_streams_an_answer(smollm2_path):
             serve.kill()
 
 
+def start_serve(address: str) -> tuple[subprocess.Popen, int]:
+    """``llamagate serve`` with SmolLM2, once its model is ready: (process, llama-server pid)."""
+    serve = subprocess.Popen([sys.executable, "-m", "llamagate.server.cli", "serve", "--listen", address, "--ctx",
+                              "1024"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert serve.stdout is not None
+    for line in serve.stdout:
+        if line.startswith("model ") and " ready" in line:
+            return serve, int(line.rsplit("pid", 1)[1])
+    raise AssertionError(f"serve ended before its model was ready (code {serve.wait()})")
+
+
+def test_defect_10_a_sigkilled_service_leaves_no_llama_server_running():
+    serve, pid = start_serve(f"127.0.0.1:{free_port()}")
+    child = psutil.Process(pid)
+    try:
+        serve.send_signal(signal.SIGKILL)  # no handler, no clean-up: only the kernel acts
+        serve.wait(timeout=10)
+        gone, alive = psutil.wait_procs([child], timeout=2)
+        assert alive == [], f"llama-server {pid} outlived its SIGKILLed parent by 2 s"
+    finally:
+        if child.is_running():
+            child.kill()
+
+
 def test_chat_without_a_service_says_where_it_looked():
     address = f"127.0.0.1:{free_port()}"
     chat = llamagate("chat", "--address", address, "--connect-timeout", "1", "hi")
@@ -60,7 +83,7 @@ def test_chat_without_a_service_says_where_it_looked():
 
 
 def test_loading_without_an_engine_is_failed_precondition_naming_the_fix(monkeypatch, tmp_path, smollm2_path):
-    monkeypatch.setenv("LLAMAGATE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LLAMAGATE_CACHE_DIR", str(tmp_path))  # no engine built there
     monkeypatch.delenv("LLAMA_SERVER_PATH", raising=False)
     monkeypatch.delenv("LLAMA_CPP_DIR", raising=False)
     monkeypatch.setenv("PATH", os.defpath)

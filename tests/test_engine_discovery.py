@@ -6,9 +6,12 @@ import os
 import stat
 
 import pytest
-
 from llamagate.adapters import engine_discovery, paths
-from llamagate.adapters.engine_discovery import candidates, child_environment, find_llama_server
+from llamagate.adapters.engine_discovery import (
+    candidates,
+    child_environment,
+    find_llama_server,
+)
 from llamagate.domain.errors import EngineNotFound
 
 
@@ -20,32 +23,32 @@ def executable(path):
 
 
 @pytest.fixture
-def empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LLAMAGATE_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
+def empty_cache(tmp_path):
+    return tmp_path / "cache"
 
 
-def test_explicit_path_beats_chosen_dir_beats_cache_beats_path(empty_cache):
-    env_bin = executable(empty_cache / "env" / "llama-server")
-    dir_bin = executable(empty_cache / "llama.cpp" / "build" / "bin" / "llama-server")
-    cache_bin = executable(paths.engine_build_dir("cpu") / "bin" / "llama-server")
-    path_bin = executable(empty_cache / "onpath" / "llama-server")
+def test_explicit_path_beats_chosen_dir_beats_cache_beats_path(tmp_path, empty_cache):
+    env_bin = executable(tmp_path / "env" / "llama-server")
+    dir_bin = executable(tmp_path / "llama.cpp" / "build" / "bin" / "llama-server")
+    cache_bin = executable(paths.engine_build_dir(empty_cache, "cpu") / "bin" / "llama-server")
+    path_bin = executable(tmp_path / "onpath" / "llama-server")
     env = {"LLAMA_SERVER_PATH": str(env_bin), "PATH": str(path_bin.parent)}
+    chosen = str(tmp_path / "llama.cpp")
 
-    assert find_llama_server(env, str(empty_cache / "llama.cpp")) == env_bin
-    assert find_llama_server({"PATH": env["PATH"]}, str(empty_cache / "llama.cpp")) == dir_bin
-    assert find_llama_server({"PATH": env["PATH"]}) == cache_bin
+    assert find_llama_server(env, empty_cache, chosen) == env_bin
+    assert find_llama_server({"PATH": env["PATH"]}, empty_cache, chosen) == dir_bin
+    assert find_llama_server({"PATH": env["PATH"]}, empty_cache) == cache_bin
     cache_bin.unlink()
-    assert find_llama_server({"PATH": env["PATH"]}) == path_bin
-    order = candidates({"LLAMA_SERVER_PATH": str(env_bin), "PATH": env["PATH"]}, str(empty_cache / "llama.cpp"))
+    assert find_llama_server({"PATH": env["PATH"]}, empty_cache) == path_bin
+    order = candidates({"LLAMA_SERVER_PATH": str(env_bin), "PATH": env["PATH"]}, empty_cache, chosen)
     assert order[0] == env_bin and order[-1] == path_bin
 
 
-def test_nothing_found_lists_every_place_and_the_fix(empty_cache):
+def test_nothing_found_lists_every_place_and_the_fix(tmp_path, empty_cache):
     with pytest.raises(EngineNotFound) as caught:
-        find_llama_server({"PATH": str(empty_cache / "nowhere")}, str(empty_cache / "mine"))
+        find_llama_server({"PATH": str(tmp_path / "nowhere")}, empty_cache, str(tmp_path / "mine"))
     message = str(caught.value)
-    for place in candidates({}, str(empty_cache / "mine")):
+    for place in candidates({}, empty_cache, str(tmp_path / "mine")):
         assert str(place) in message
     assert "on PATH" in message and "llamagate engine install" in message
 
@@ -56,6 +59,6 @@ def test_the_child_finds_libraries_beside_its_binary(tmp_path):
     assert dirs[0] == str(tmp_path / "bin") and dirs[-1] == "/opt/x"
 
 
-def test_the_real_engine_is_installed_where_discovery_looks():
-    found = find_llama_server({"PATH": ""})
+def test_the_real_engine_is_installed_where_discovery_looks(cache_dir):
+    found = find_llama_server({"PATH": ""}, cache_dir)
     assert found.name == engine_discovery.BINARY and os.access(found, os.X_OK)

@@ -9,7 +9,6 @@ import pynvml
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from llamagate.adapters.gpu_probe import (
     ProbeUnavailable,
     nvidia_smi_probe,
@@ -18,7 +17,14 @@ from llamagate.adapters.gpu_probe import (
     probe_gpus,
     torch_probe,
 )
-from llamagate.domain.gpus import MIB, GpuInfo, parse_mask, physical_index, pin_environment, visible_gpus
+from llamagate.domain.gpus import (
+    MIB,
+    GpuInfo,
+    parse_mask,
+    physical_index,
+    pin_environment,
+    visible_gpus,
+)
 
 SMI_OUTPUT = """\
 0, GPU-aaaa1111, 22000, 24564, NVIDIA GeForce RTX 4090

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 
 import grpc
 import pytest
-
+from kv_fixtures import server_memory
 from llamagate.adapters.gpu_probe import probe_gpus
+from llamagate.domain.gpus import MIB
 from llamagate.v1 import llamagate_pb2 as pb
-from kv_fixtures import MIB, server_memory
 
 pytestmark = pytest.mark.engine
 
@@ -23,14 +24,14 @@ def plan_cli(*args: str) -> str:
     return done.stdout
 
 
-def test_plan_on_smollm2_with_a_simulated_gpu_prints_the_kv_llama_server_allocates(smollm2_path):
+def test_plan_on_smollm2_with_a_simulated_gpu_prints_the_kv_llama_server_allocates(smollm2_path, cache_dir):
     from llamagate.adapters.engine_discovery import find_llama_server
 
     table = plan_cli(str(smollm2_path), "--gpus", "0:8000")
 
     kv_bytes = int(re.search(r"KV cache\s+([\d,]+) bytes", table)[1].replace(",", ""))
     assert re.search(r"context\s+8192 ", table) and "GPU 0 (-ngl -1)" in table
-    measured = server_memory(find_llama_server(), smollm2_path, context=8192, parallel=1).kv_role("main")
+    measured = server_memory(find_llama_server(os.environ, cache_dir), smollm2_path, context=8192, parallel=1).kv_role("main")
     assert measured is not None
     assert abs(kv_bytes / MIB - (measured.k_mib + measured.v_mib)) < 0.01
 
@@ -82,7 +83,29 @@ def test_load_reports_its_plan_and_starts_llama_server_with_it(stub, smollm2_pat
 
     assert planning.plan.context_length == ready.context_length == 8192  # automatic: native fits in RAM
     assert planning.plan.kv.total_bytes > 0 and not planning.plan.simulated and planning.plan.fits
-    if probe_gpus():
+    if probe_gpus(os.environ):
         assert list(planning.plan.gpus) and planning.plan.offload_all
     else:  # CI and most dev machines here: no GPU, the plan is for the CPU
         assert list(planning.plan.gpus) == [] and "CPU" in planning.message
+
+
+def test_a_load_runs_llama_server_with_the_context_its_plan_chose(smollm2_path):
+    """On a machine with 250 MiB free, the automatic context is the largest that
+    fits, not the native 8192: llama-server's own /slots must show it."""
+    from conftest import RunningService
+    from fakes import FakeMemory
+    from llamagate.v1 import llamagate_pb2_grpc
+    from test_service_e2e import engine
+
+    service = RunningService(memory=FakeMemory(host_free=250 * MIB))
+    try:
+        stub = llamagate_pb2_grpc.LlamaGateStub(grpc.insecure_channel(service.address))
+        events = list(stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path)), timeout=300))
+        planned = next(e for e in events if e.phase == pb.LOAD_PHASE_PLANNING).plan.context_length
+
+        running = sum(slot["n_ctx"] for slot in engine(events[-1].model.pid).get("/slots").json())
+
+        assert 4096 <= planned < 8192 and planned % 256 == 0
+        assert running == planned == events[-1].model.context_length
+    finally:
+        service.close()

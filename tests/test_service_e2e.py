@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import grpc
 import httpx
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.server.app import SERVICE_NAME
+from llamagate.v1 import llamagate_pb2 as pb
 
 pytestmark = pytest.mark.engine
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def load(stub, path, **options) -> list[pb.LoadEvent]:
@@ -52,6 +55,24 @@ def assert_code(call, code: grpc.StatusCode) -> str:
     return caught.value.details()
 
 
+def assert_still_serves(stub) -> None:
+    events = list(stub.Generate(ask("hi", max_tokens=4), timeout=60))
+    assert events[-1].WhichOneof("event") == "done"
+
+
+def health_of(service) -> health_pb2_grpc.HealthStub:
+    return health_pb2_grpc.HealthStub(grpc.insecure_channel(service.address))
+
+
+def wait_until(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
 def test_load_streams_phases_and_ends_ready_with_model_info(stub, smollm2_path):
     events = load(stub, smollm2_path, context_length=2048)
 
@@ -68,6 +89,8 @@ def test_load_streams_phases_and_ends_ready_with_model_info(stub, smollm2_path):
     assert psutil.Process(info.pid).name() == "llama-server"
     assert events[-1].bytes_total == smollm2_path.stat().st_size
     assert all(e.bytes_loaded <= e.bytes_total for e in events)
+    slots = engine(info.pid).get("/slots").json()
+    assert sum(s["n_ctx"] for s in slots) == 2048  # what llama-server really runs with
 
 
 def test_generate_streams_deltas_and_reports_llama_servers_usage(stub, smollm2_path):
@@ -102,26 +125,20 @@ def test_only_llamagate_can_talk_to_its_llama_server(stub, smollm2_path):
     assert engine(pid).get("/slots").status_code == 200
 
 
-def test_two_concurrent_generations_on_two_slots_both_complete(stub, smollm2_path):
+def test_two_concurrent_generations_are_generated_at_the_same_time_on_two_slots(stub, smollm2_path):
     info = load(stub, smollm2_path, context_length=2048, parallel=2)[-1].model
-    slots = engine(info.pid).get("/slots").json()
-    assert info.parallel == 2 and len(slots) == 2
+    child = engine(info.pid)
+    assert info.parallel == 2 and len(child.get("/slots").json()) == 2
+    calls = [stub.Generate(ask(f"Write a long story about llama number {i}.", max_tokens=400, temperature=0.8,
+                                 seed=i), timeout=120) for i in range(2)]
+    firsts = [next(call) for call in calls]  # both are streaming now
 
-    results: dict[int, list[pb.GenerateEvent]] = {}
+    busy = [s["is_processing"] for s in child.get("/slots").json()]
 
-    def run(i: int) -> None:
-        results[i] = list(stub.Generate(ask(f"Count to {i + 3}.", max_tokens=24), timeout=120))
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=150)
-
-    assert sorted(results) == [0, 1]
-    for events in results.values():
-        assert events[-1].WhichOneof("event") == "done"
-        assert events[-1].done.usage.completion_tokens > 0
+    rest = [list(call) for call in calls]
+    assert busy == [True, True], "the two generations did not run at the same moment"
+    assert all(f.WhichOneof("event") in ("content_delta", "reasoning_delta") for f in firsts)
+    assert all(r[-1].WhichOneof("event") == "done" and r[-1].done.usage.completion_tokens > 1 for r in rest)
 
 
 def test_unload_leaves_no_llama_server_process(stub, smollm2_path):
@@ -135,17 +152,17 @@ def test_unload_leaves_no_llama_server_process(stub, smollm2_path):
     assert stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY
 
 
-def test_a_load_started_while_another_loads_wins_and_leaves_one_child(stub, smollm2_path):
+def test_a_load_started_while_another_loads_wins_and_the_first_is_cancelled(stub, smollm2_path):
+    stub.UnloadModel(pb.UnloadModelRequest())
     first = stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path)), timeout=300)
     first_pid = next(e for e in first if e.phase == pb.LOAD_PHASE_STARTING).model.pid
+    psutil.Process(first_pid).suspend()  # it cannot become healthy now: the race has one outcome
 
     second = load(stub, smollm2_path, context_length=1024)
 
-    try:  # still loading when the second came: CANCELLED; already ready: replaced
-        assert list(first)[-1].phase == pb.LOAD_PHASE_READY
-    except grpc.RpcError as error:
-        assert error.code() == grpc.StatusCode.CANCELLED, error.details()
-        assert "superseded" in error.details()
+    with pytest.raises(grpc.RpcError) as caught:
+        list(first)
+    assert caught.value.code() == grpc.StatusCode.CANCELLED and "superseded" in caught.value.details()
     assert not psutil.pid_exists(first_pid)
     assert [p.pid for p in llama_server_children()] == [second[-1].model.pid]
 
@@ -172,15 +189,15 @@ def test_simultaneous_loads_leave_exactly_one_child(stub, smollm2_path):
 
 
 def test_health_is_not_serving_until_a_model_is_ready(service, stub, smollm2_path):
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(service.address))
+    health = health_of(service)
     check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
     stub.UnloadModel(pb.UnloadModelRequest())
-    assert health.Check(check).status == health_pb2.HealthCheckResponse.NOT_SERVING
-    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(check).status == NOT_SERVING
+    assert health.Check(health_pb2.HealthCheckRequest()).status == SERVING
 
     load(stub, smollm2_path, context_length=1024)
 
-    assert health.Check(check).status == health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(check).status == SERVING
 
 
 def test_reflection_lists_the_service(service):
@@ -211,55 +228,100 @@ def test_loading_a_missing_path_is_not_found_and_the_loaded_model_stays(stub, sm
     assert str(missing) in details
     status = stub.GetStatus(pb.GetStatusRequest())
     assert (status.state, status.pid) == (pb.MODEL_STATE_READY, pid)
+    assert_still_serves(stub)
 
 
-def test_loading_a_file_that_is_not_gguf_is_invalid_argument_naming_it(stub, tmp_path):
+def test_loading_a_file_that_is_not_gguf_is_invalid_argument_naming_it(stub, smollm2_path, tmp_path):
+    pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
     bogus = tmp_path / "notes.gguf"
     bogus.write_text("these are not the weights you are looking for")
+
     details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(bogus))), grpc.StatusCode.INVALID_ARGUMENT)
+
     assert str(bogus) in details and "GGUF" in details
+    assert stub.GetStatus(pb.GetStatusRequest()).pid == pid
+    assert_still_serves(stub)
 
 
-def test_a_load_request_without_a_path_or_with_zero_slots_is_invalid_argument(stub):
+def test_defect_16_a_header_with_an_absurd_block_count_is_refused_naming_the_key(stub, smollm2_path, tmp_path):
+    from gguf import GGUFReader
+
+    pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
+    hostile = tmp_path / "hostile.gguf"
+    hostile.write_bytes(smollm2_path.read_bytes())
+    field = GGUFReader(hostile, "r+").fields["llama.block_count"]
+    field.parts[field.data[0]][0] = 16_777_246  # one 4-byte edit
+
+    details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(hostile)), timeout=30),
+                          grpc.StatusCode.INVALID_ARGUMENT)
+    plan_details = assert_code(lambda: stub.PlanModel(pb.PlanModelRequest(path=str(hostile)), timeout=30),
+                               grpc.StatusCode.INVALID_ARGUMENT)
+
+    assert "llama.block_count = 16777246" in details and "llama.block_count" in plan_details
+    assert stub.GetStatus(pb.GetStatusRequest()).pid == pid
+    assert_still_serves(stub)
+
+
+def test_a_load_request_without_a_path_or_with_bad_options_is_invalid_argument(stub):
     assert "path" in assert_code(lambda: stub.LoadModel(pb.LoadModelRequest()), grpc.StatusCode.INVALID_ARGUMENT)
     bad_threads = pb.LoadModelRequest(path="/x.gguf", options=pb.LoadOptions(threads=-2))
     assert "threads" in assert_code(lambda: stub.LoadModel(bad_threads), grpc.StatusCode.INVALID_ARGUMENT)
 
 
-@pytest.mark.parametrize("sampling", [{"max_tokens": -5}, {"temperature": -0.5}, {"top_p": 1.5}])
+@pytest.mark.parametrize("sampling", [{"max_tokens": -5}, {"temperature": -0.5}, {"top_p": 1.5},
+                                      {"temperature": float("inf")}, {"min_p": float("nan")},
+                                      {"repetition_penalty": 0.0}])
 def test_out_of_range_sampling_is_invalid_argument_and_the_service_keeps_serving(stub, smollm2_path, sampling):
+    """Defects 8 and 17 among them: a zero repetition penalty, NaN and infinities."""
     load(stub, smollm2_path, context_length=1024)
     field = next(iter(sampling))
 
     details = assert_code(lambda: stub.Generate(ask("hi", **sampling)), grpc.StatusCode.INVALID_ARGUMENT)
 
     assert field in details
-    events = list(stub.Generate(ask("hi", max_tokens=4), timeout=60))
-    assert events[-1].WhichOneof("event") == "done"
+    assert_still_serves(stub)
+
+
+def test_defect_5_a_conversation_longer_than_the_context_is_out_of_range_with_the_numbers(stub, smollm2_path):
+    load(stub, smollm2_path, context_length=256)
+
+    details = assert_code(lambda: stub.Generate(ask("llama " * 400, max_tokens=8), timeout=60),
+                          grpc.StatusCode.OUT_OF_RANGE)
+
+    assert "256" in details and "context_length" in details
+    assert_still_serves(stub)
 
 
 def test_a_model_llama_server_cannot_load_fails_with_its_last_output(stub, llama_cpp_tree):
+    stub.UnloadModel(pb.UnloadModelRequest())
     vocab_only = llama_cpp_tree / "models" / "ggml-vocab-gpt-2.gguf"  # a header without weights
 
     details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(vocab_only))), grpc.StatusCode.UNAVAILABLE)
 
     assert "exited with code" in details and "last output" in details
     assert llama_server_children() == []
-    assert stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.state == pb.MODEL_STATE_FAILED and "exited with code" in status.last_error
 
 
-# ------------------------------------------------------------ cancellation
+def test_defect_18_a_model_llama_server_rejects_brings_the_previous_one_back(service, stub, smollm2_path,
+                                                                             llama_cpp_tree):
+    old_pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
+    vocab_only = llama_cpp_tree / "models" / "ggml-vocab-gpt-2.gguf"
+
+    details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(vocab_only))), grpc.StatusCode.UNAVAILABLE)
+
+    assert "SmolLM2-135M-Instruct.Q4_1 is being started again" in details
+    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_READY, 60)
+    status = stub.GetStatus(pb.GetStatusRequest())
+    assert status.path == str(smollm2_path.resolve()) and status.pid != old_pid
+    assert [p.pid for p in llama_server_children()] == [status.pid]
+    check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
+    assert health_of(service).Check(check).status == SERVING
+    assert_still_serves(stub)
 
 
-def wait_until(predicate, timeout: float = 15.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+# ------------------------------------------------------------ cancellation, stops, crashes
 
 
 def test_cancelling_a_generation_frees_the_slot_and_the_service_goes_on(stub, smollm2_path):
@@ -272,11 +334,28 @@ def test_cancelling_a_generation_frees_the_slot_and_the_service_goes_on(stub, sm
 
     child = engine(info.pid)
     assert wait_until(lambda: not any(s["is_processing"] for s in child.get("/slots").json()))
-    events = list(stub.Generate(ask("hi", max_tokens=4), timeout=60))
-    assert events[-1].WhichOneof("event") == "done"
+    assert_still_serves(stub)
+
+
+@pytest.mark.parametrize(("act", "reason"), [("unload", "was unloaded"), ("replace", "replaced by a later load")])
+def test_defect_11_unloading_or_replacing_mid_generation_ends_the_stream_aborted(stub, smollm2_path, act, reason):
+    load(stub, smollm2_path, context_length=2048)
+    call = stub.Generate(ask("Write a very long story about a llama.", max_tokens=1500, temperature=0.8), timeout=120)
+    next(call)
+
+    if act == "unload":
+        stub.UnloadModel(pb.UnloadModelRequest())
+    else:
+        load(stub, smollm2_path, context_length=1024)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        list(call)
+    assert caught.value.code() == grpc.StatusCode.ABORTED, caught.value.details()
+    assert reason in caught.value.details()
 
 
 def test_cancelling_a_load_stops_its_child(stub, smollm2_path):
+    stub.UnloadModel(pb.UnloadModelRequest())  # nothing to bring back afterwards
     call = stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path)))
     pid = next(e for e in call if e.phase == pb.LOAD_PHASE_STARTING).model.pid
 
@@ -287,18 +366,58 @@ def test_cancelling_a_load_stops_its_child(stub, smollm2_path):
     assert llama_server_children() == []
 
 
-def test_a_ready_llama_server_that_dies_empties_the_slot_and_says_why(service, stub, smollm2_path):
+def test_a_ready_llama_server_that_dies_fails_the_slot_and_says_why(service, stub, smollm2_path):
     pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
-    health = health_pb2_grpc.HealthStub(grpc.insecure_channel(service.address))
+    health = health_of(service)
 
     psutil.Process(pid).kill()  # as the OOM killer would
 
-    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY)
+    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_FAILED)
     status = stub.GetStatus(pb.GetStatusRequest())
-    assert "exited unexpectedly" in status.last_error
+    assert "exited unexpectedly" in status.last_error and status.pid == 0
     check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
-    assert health.Check(check).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health.Check(check).status == NOT_SERVING
     details = assert_code(lambda: stub.Generate(ask("hi")), grpc.StatusCode.FAILED_PRECONDITION)
     assert "exited unexpectedly" in details
-    load(stub, smollm2_path, context_length=1024)  # and a new load clears it
+    stub.UnloadModel(pb.UnloadModelRequest())  # defect 12: an unload forgets the crash
+    assert "no model is loaded" in assert_code(lambda: stub.Generate(ask("hi")), grpc.StatusCode.FAILED_PRECONDITION)
+    load(stub, smollm2_path, context_length=1024)
     assert stub.GetStatus(pb.GetStatusRequest()).last_error == ""
+
+
+# ------------------------------------------------------------ message size
+
+
+def test_defect_9_an_image_over_4_mib_reaches_the_service(stub, smollm2_path):
+    load(stub, smollm2_path, context_length=1024)
+    big_png = b"\x89PNG\r\n\x1a\n" + b"\0" * (6 << 20)
+    request = pb.GenerateRequest(messages=[pb.Message(role=pb.ROLE_USER, text="what is it", image=big_png)])
+
+    details = assert_code(lambda: stub.Generate(request, timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
+
+    assert "vision projector" in details  # read by the service: the 4 MiB gRPC default is gone
+
+
+def test_defect_9_a_request_over_the_limit_is_refused_naming_the_setting(tmp_path, smollm2_path, llama_cpp_tree):
+    import os
+    from dataclasses import replace
+
+    from conftest import RunningService
+    from llamagate.server.settings import Settings
+    from llamagate.v1 import llamagate_pb2_grpc
+
+    small = RunningService(replace(Settings.from_env(os.environ), max_message_bytes=1 << 20))
+    try:
+        channel = grpc.insecure_channel(small.address)
+        stub = llamagate_pb2_grpc.LlamaGateStub(channel)
+        request = pb.GenerateRequest(messages=[pb.Message(role=pb.ROLE_USER, image=b"\0" * (3 << 19))])
+
+        details = assert_code(lambda: stub.Generate(request, timeout=30), grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+        assert "LLAMAGATE_MAX_MESSAGE_MB" in details and f"{1 << 20:,}" in details
+        assert stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY  # still answering
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert next(watch).status == SERVING  # streaming handlers pass the size check too
+        watch.cancel()
+    finally:
+        small.close()

@@ -1,0 +1,399 @@
+"""One model's life: load, unload, status and generate, as an explicit state machine.
+
+States and the allowed transitions are ``domain.model_state``'s table; every
+change goes through ``_transition``, which checks the table, logs, ends the
+in-flight generations when the slot leaves READY, and tells listeners (after
+the change is complete: listeners never run half-way through one).
+
+Loads and unloads run as operations of a ``LatestWins`` runner: never two at
+once, the latest request wins. Whatever can be checked before the loaded
+model is touched is checked first (file, header, plan, engine binary: SPEC §8,
+issue 7 defect 2). A load that does not finish for any reason other than a
+later request (its caller went away, the engine rejected the model) starts
+the model it replaced again, so the slot never ends up empty when it did not
+have to (defect 18).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import PurePath
+from typing import TypeVar
+
+from llamagate.application.latest_wins import LatestWins, Operation
+from llamagate.application.load_job import LoadJob
+from llamagate.domain.capabilities import merge_server_caps
+from llamagate.domain.chat import GenerateEvent, GenerateRequest
+from llamagate.domain.errors import (
+    Aborted,
+    Cancelled,
+    EngineFailed,
+    LlamagateError,
+    NoModelLoaded,
+)
+from llamagate.domain.generation import StreamFolder, chat_call, validate
+from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.launch import check_load_options, launch_from_plan
+from llamagate.domain.load_options import LoadOptions
+from llamagate.domain.load_plan import LoadPlan, plan_load
+from llamagate.domain.model_facts import ModelFacts
+from llamagate.domain.model_info import LoadEvent, LoadPhase, ModelInfo
+from llamagate.domain.model_state import ModelState, check_transition
+from llamagate.domain.ports import (
+    EngineLauncher,
+    EngineProcess,
+    MemoryProbe,
+    ModelInspector,
+)
+from llamagate.domain.shards import model_id
+
+log = logging.getLogger(__name__)
+
+StateListener = Callable[[ModelInfo], Awaitable[None] | None]
+T = TypeVar("T")
+
+# How long a generation whose stream broke waits to learn whether the engine died.
+_EXIT_NEWS_WAIT = 1.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A load request that passed every check that needs no change to the slot."""
+
+    facts: ModelFacts
+    options: LoadOptions
+    projector_bytes: int
+
+    @property
+    def model_id(self) -> str:
+        return model_id(PurePath(self.facts.path).name)
+
+
+@dataclass(frozen=True)
+class UnloadResult:
+    was_loaded: bool  # something was loaded or loading
+    pid: int  # the engine child that was stopped, 0 if none
+
+
+class _Generation:
+    """An in-flight generation; ``abort`` is set when the slot ends it on purpose."""
+
+    abort: LlamagateError | None = None
+
+
+class ModelSlot:
+    def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe) -> None:
+        self._inspector = inspector
+        self._launcher = launcher
+        self._memory = memory
+        self._ops = LatestWins()
+        self._state = ModelState.EMPTY
+        self._info = ModelInfo()
+        self._last_error = ""
+        self._engine: EngineProcess | None = None  # set whenever a child may be alive
+        self._restore_point: Prepared | None = None  # the model last READY, unless unloaded since
+        self._exit_watch: asyncio.Task[None] | None = None
+        self._generations: set[_Generation] = set()
+        self._listeners: list[StateListener] = []
+        self._announcing: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    def status(self) -> ModelInfo:
+        return replace(self._info, state=self._state, last_error=self._last_error)
+
+    def on_change(self, listener: StateListener) -> None:
+        """Call ``listener(status)`` (or await it) after every change of state or
+        of the model's info, in order, outside the code that made the change."""
+        self._listeners.append(listener)
+
+    async def settled(self) -> None:
+        """Return once no load or unload runs (restarts included) and listeners heard all."""
+        await self._ops.idle()
+        await self.announced()
+
+    async def announced(self) -> None:
+        """Return once every listener has heard of every change so far."""
+        while (pending := self._announcing) is not None and not pending.done():
+            await asyncio.wait({pending})
+
+    # ------------------------------------------------------------------ transitions
+
+    def _transition(self, target: ModelState, info: ModelInfo | None = None, *, error: str | None = None,
+                    abort: LlamagateError | None = None) -> None:
+        """The one place the state changes. ``abort`` ends in-flight generations
+        when the slot leaves READY."""
+        check_transition(self._state, target)
+        before, self._state = self._state, target
+        if info is not None:
+            self._info = info
+        if error is not None:
+            self._last_error = error
+        log.info("model slot: %s -> %s%s", before.value, target.value, f" ({error})" if error else "")
+        if before is ModelState.READY and target is not ModelState.READY:
+            self._end_generations(abort or Aborted(f"model {self._info.id} stopped serving"))
+        self._announce()
+
+    def _update_info(self, info: ModelInfo) -> None:
+        self._info = info
+        self._announce()
+
+    def _announce(self) -> None:
+        """Deliveries are chained tasks: in order, and never cut short by the
+        cancellation of whoever made the change."""
+        self._announcing = asyncio.create_task(self._deliver(self._announcing, self.status()))
+
+    async def _deliver(self, previous: asyncio.Task[None] | None, snapshot: ModelInfo) -> None:
+        if previous is not None:
+            await asyncio.wait({previous})
+        for listener in list(self._listeners):
+            try:
+                result = listener(snapshot)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:  # a listener's bug must not break the slot
+                log.exception("model slot listener failed")
+
+    def _end_generations(self, abort: LlamagateError) -> None:
+        for generation in self._generations:  # one exception object each: they are raised in different tasks
+            generation.abort = generation.abort or type(abort)(*abort.args)
+
+    # ------------------------------------------------------------------ planning
+
+    async def plan(self, path: str, options: LoadOptions, gpus: list[GpuInfo] | None = None) -> LoadPlan:
+        """What a load would do now; ``gpus`` plans for those instead of ours."""
+        return await self._plan(await self._inspect(path, options), gpus)
+
+    async def _inspect(self, path: str, options: LoadOptions) -> Prepared:
+        check_load_options(options)
+        facts = await asyncio.to_thread(self._inspector.inspect, path)
+        projector = 0
+        if options.mmproj_path:
+            projector = (await asyncio.to_thread(self._inspector.inspect, options.mmproj_path)).size_bytes
+        return Prepared(facts, options, projector)
+
+    async def _plan(self, prepared: Prepared, gpus: list[GpuInfo] | None) -> LoadPlan:
+        """Plan in a worker thread (it probes GPUs and may loop over layers);
+        when the caller goes away the planner is told to stop."""
+        stop = threading.Event()
+
+        def work() -> LoadPlan:
+            found = gpus if gpus is not None else self._memory.gpus()
+            host = 0 if found else self._memory.host_free_bytes()
+            return plan_load(prepared.facts, prepared.options, found, host, projector_bytes=prepared.projector_bytes,
+                             simulated=gpus is not None, should_stop=stop.is_set)
+
+        try:
+            return await asyncio.to_thread(work)
+        finally:
+            stop.set()
+
+    # ------------------------------------------------------------------ load
+
+    async def load(self, path: str, options: LoadOptions) -> AsyncIterator[LoadEvent]:
+        """Load a model, replacing whatever is loaded or loading; yields its phases."""
+        ticket = self._ops.ticket()
+        yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
+        prepared = await self._inspect(path, options)
+        await self._plan(prepared, None)  # bad options or hyperparameters fail here, nothing stopped yet
+        await asyncio.to_thread(self._launcher.check)  # so does a missing or broken engine binary
+        job = LoadJob()
+        op = self._ops.submit(ticket, Operation(f"load of {prepared.model_id}", lambda op: self._load_op(op, job, prepared),
+                                                dropped=job.superseded))
+        try:
+            async for event in job.events():
+                yield event
+        finally:
+            if not job.ended:  # our caller went away: the load stops, what it replaced comes back
+                op.abandon()
+
+    async def _load_op(self, op: Operation, job: LoadJob, prepared: Prepared) -> None:
+        previous = self._restore_point
+        try:
+            await self._stop_engine(Aborted(f"model {self._info.id} was replaced by a later load of "
+                                            f"{prepared.model_id}"))
+            await self._bring_up(prepared, job.emit)
+            job.end()
+        except asyncio.CancelledError:
+            _uncancel()
+            await self._stop_engine(Aborted("its load was cancelled"))
+            if op.superseded:  # the later request decides what comes next
+                return
+            job.end(Cancelled(f"the load of {prepared.model_id} was cancelled by its caller"))
+            await self._recover(previous, "the load was cancelled", cancelled=True)
+        except LlamagateError as error:
+            await self._stop_engine(Aborted(f"the load of {prepared.model_id} failed"))
+            restore = previous if previous is not None and previous != prepared else None
+            if restore is not None:
+                error.args = (f"{error}; the previous model {restore.model_id} is being started again",)
+            job.end(error)
+            await self._recover(restore, str(error), cancelled=False)
+        finally:
+            job.superseded()  # a no-op once ended: only a load that ended no other way was superseded
+
+    async def _bring_up(self, prepared: Prepared, emit: Callable[[LoadEvent], None]) -> ModelInfo:
+        """LOADING → READY: plan with the memory free now, spawn, wait for health."""
+        self._transition(ModelState.LOADING, ModelInfo(id=prepared.model_id, path=prepared.facts.path))
+        load_plan = await self._plan(prepared, None)
+        info, spec = launch_from_plan(load_plan, prepared.options)
+        self._update_info(info)
+        emit(LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan))
+        engine = self._engine = await self._launcher.launch(spec)
+        self._update_info(replace(info, pid=engine.pid))
+        emit(LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self.status()))
+        await self._await_health(engine, prepared.facts.size_bytes, emit)
+        server_caps = await engine.chat.server_capabilities()
+        ready = replace(self._info, capabilities=merge_server_caps(self._info.capabilities, server_caps))
+        self._transition(ModelState.READY, ready, error="")
+        self._restore_point = prepared
+        self._watch_exit(engine)
+        await self.announced()  # health says SERVING before the caller hears READY
+        total = prepared.facts.size_bytes
+        emit(LoadEvent(LoadPhase.READY, f"{info.id} is ready", total, total, self.status()))
+        return ready
+
+    async def _await_health(self, engine: EngineProcess, total: int, emit: Callable[[LoadEvent], None]) -> None:
+        """LOADING events, one per whole percent of the weights resident (SPEC §10)."""
+        last_percent = -1
+        async for resident in engine.wait_ready():
+            loaded = min(resident, total)
+            percent = loaded * 100 // total if total else 100
+            if percent != last_percent:
+                last_percent = percent
+                message = f"loading weights: {percent}% ({loaded >> 20} of {total >> 20} MiB resident)"
+                emit(LoadEvent(LoadPhase.LOADING, message, loaded, total))
+
+    async def _recover(self, previous: Prepared | None, why: str, *, cancelled: bool) -> None:
+        """After a load that did not finish: start ``previous`` again, or settle
+        (EMPTY after a cancel, else FAILED saying why)."""
+        if previous is not None:
+            try:
+                await self._bring_up(previous, _log_event)
+                return
+            except asyncio.CancelledError:
+                _uncancel()
+                await self._stop_engine(Aborted(f"the restart of {previous.model_id} was superseded"))
+                return
+            except LlamagateError as error:
+                await self._stop_engine(Aborted(f"the restart of {previous.model_id} failed"))
+                why, cancelled = f"{why}; starting {previous.model_id} again failed too: {error}", False
+        if self._state in (ModelState.LOADING, ModelState.STOPPING):
+            if cancelled:
+                self._transition(ModelState.EMPTY, ModelInfo(), error="")
+            else:
+                self._transition(ModelState.FAILED, replace(self._info, pid=0), error=why)
+
+    # ------------------------------------------------------------------ stopping
+
+    async def unload(self) -> UnloadResult:
+        """Stop the model or the load in progress; completes even if the caller leaves."""
+        ticket = self._ops.ticket()
+        result = UnloadResult(self._state is not ModelState.EMPTY, self._engine.pid if self._engine else 0)
+        op = self._ops.submit(ticket, Operation("unload", self._unload_op))
+        await asyncio.shield(op.finished.wait())
+        await self.announced()
+        return result
+
+    async def _unload_op(self, op: Operation) -> None:
+        try:
+            await self._stop_engine(Aborted(f"model {self._info.id} was unloaded"))
+        except asyncio.CancelledError:
+            _uncancel()  # a later load took over; it stops what is left
+            return
+        self._restore_point = None
+        if self._state is not ModelState.EMPTY:
+            self._transition(ModelState.EMPTY, ModelInfo(), error="")
+
+    async def _stop_engine(self, abort: LlamagateError) -> None:
+        """Stop the child, if any: READY/LOADING → STOPPING, and ``_engine`` cleared once it is gone."""
+        engine = self._engine
+        if engine is None:
+            return
+        if self._state is not ModelState.STOPPING:
+            self._transition(ModelState.STOPPING, abort=abort)
+        if self._exit_watch is not None:
+            self._exit_watch.cancel()
+        await engine.stop()
+        self._engine = None
+
+    def _watch_exit(self, engine: EngineProcess) -> None:
+        """A READY child that dies on its own (OOM killer, crash) fails the slot."""
+        async def watch() -> None:
+            how = await engine.wait_exit()
+            if self._engine is engine and self._state is ModelState.READY:
+                self._engine = None
+                why = f"llama-server exited unexpectedly ({how.how}); load the model again"
+                self._transition(ModelState.FAILED, replace(self._info, pid=0), error=why,
+                                 abort=EngineFailed(f"llama-server exited unexpectedly during the generation "
+                                                    f"({how.describe()})"))
+        self._exit_watch = asyncio.create_task(watch(), name=f"exit watch of {engine.pid}")
+
+    async def close(self) -> None:
+        """Stop everything (service shutdown)."""
+        await self.unload()
+
+    # ------------------------------------------------------------------ generate
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
+        engine, info = self._engine, self.status()
+        if self._state is not ModelState.READY or engine is None:
+            raise NoModelLoaded(self._not_ready_message())
+        validate(request, info.capabilities)
+        call = chat_call(request, info.capabilities, info.context_length)
+        generation = _Generation()
+        self._generations.add(generation)
+        folder = StreamFolder()
+        try:
+            try:
+                async for chunk in engine.chat.stream_chat(call):
+                    if generation.abort is not None:
+                        raise generation.abort
+                    for event in folder.feed(chunk):
+                        yield event
+            except EngineFailed as error:
+                raise await self._why_stream_broke(generation, error) from error
+            for event in folder.finish():
+                yield event
+        finally:
+            self._generations.discard(generation)
+
+    async def _why_stream_broke(self, generation: _Generation, error: EngineFailed) -> LlamagateError:
+        """A broken stream is often the first news of a stop or a crash: say which."""
+        if generation.abort is None and self._exit_watch is not None:
+            await asyncio.wait({self._exit_watch}, timeout=_EXIT_NEWS_WAIT)
+        return generation.abort or error
+
+    def _not_ready_message(self) -> str:
+        info = self.status()
+        if self._state is ModelState.LOADING:
+            return f"model {info.id} is still loading; wait for LoadModel to report READY"
+        if self._state is ModelState.STOPPING:
+            return f"model {info.id} is being stopped"
+        if self._state is ModelState.FAILED:
+            return info.last_error or f"model {info.id} failed"
+        return "no model is loaded; call LoadModel first"
+
+
+def _uncancel() -> None:
+    """We handled the cancellation ourselves: later awaits must not see it again."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()
+
+
+def _log_event(event: LoadEvent) -> None:
+    log.info("restart %s: %s", event.phase.value, event.message)
+
+
+def _plan_message(info: ModelInfo, load_plan: LoadPlan) -> str:
+    plan = load_plan.plan
+    where = f"GPU {','.join(map(str, plan.gpus))}" if plan.gpus else ("--fit on" if not plan.fits else "CPU")
+    return (
+        f"{info.architecture} model: context {info.context_length} (native {info.native_context_length}),"
+        f" {info.parallel} slot(s), KV cache {info.cache_type.value}, on {where}; " + "; ".join(plan.reasons)
+    )

@@ -1,0 +1,40 @@
+"""What a caller may choose about a load."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class KvCacheType(enum.Enum):
+    """KV cache element types, valued as ggml names them."""
+
+    F32 = "f32"
+    F16 = "f16"
+    BF16 = "bf16"
+    Q8_0 = "q8_0"
+    Q5_1 = "q5_1"
+    Q5_0 = "q5_0"
+    Q4_1 = "q4_1"
+    Q4_0 = "q4_0"
+    IQ4_NL = "iq4_nl"
+
+
+class Speculative(enum.Enum):
+    """Speculative decoding without a draft model (SPEC §15)."""
+
+    OFF = "off"
+    DEFAULT = "default"
+    NGRAM_SIMPLE = "ngram-simple"
+    NGRAM_MOD = "ngram-mod"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    context_length: int = 0  # 0 = automatic, up to the native context
+    parallel: int = 1
+    cache_type: KvCacheType = KvCacheType.F16
+    threads: int = 0  # 0 = the engine decides
+    chat_template: str = ""
+    speculative: Speculative = Speculative.OFF
+    mmproj_path: str = ""

@@ -1,0 +1,75 @@
+"""The largest request the service accepts, refused with a message that names the setting.
+
+gRPC core refuses an oversized message before any handler runs, with a text
+("received message larger than max") that cannot say which setting to
+change. So core is given twice our limit as its hard cap, and this
+interceptor refuses what lies between with RESOURCE_EXHAUSTED naming the
+sizes and the setting (issue 7 defect 9).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+SETTING = "LLAMAGATE_MAX_MESSAGE_MB (serve --max-message-mb)"
+_GRPC_CAP = (1 << 31) - 1
+
+
+def core_limit(limit: int) -> int:
+    """gRPC core's own receive cap for our limit."""
+    return min(2 * limit, _GRPC_CAP)
+
+
+class _TooLarge:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+class MessageLimit(grpc.aio.ServerInterceptor):
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler  # streaming requests (reflection) keep core's cap
+        deserialize = self._checked(handler.request_deserializer)
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary), deserialize, handler.response_serializer)
+        stream = handler.unary_stream
+        # a streaming handler either yields its responses or writes them to the context (health's Watch)
+        wrapped = self._streaming(stream) if inspect.isasyncgenfunction(stream) else self._unary(stream)
+        return grpc.unary_stream_rpc_method_handler(wrapped, deserialize, handler.response_serializer)
+
+    def _checked(self, deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+        def check(data: bytes) -> Any:
+            return _TooLarge(len(data)) if len(data) > self._limit else deserialize(data)
+        return check
+
+    def _message(self, size: int) -> str:
+        return (f"the request is {size:,} bytes, more than this service accepts ({self._limit:,} bytes); "
+                f"send less (e.g. smaller images) or raise {SETTING}")
+
+    def _unary(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _TooLarge):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._message(request.size))
+            return await behaviour(request, context)
+        return run
+
+    def _streaming(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _TooLarge):
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._message(request.size))
+            async for response in behaviour(request, context):
+                yield response
+        return run

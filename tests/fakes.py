@@ -1,0 +1,203 @@
+"""Fakes of every port in domain/ports.py: same types, same errors, no process.
+
+They behave like the real parts where the slot can tell (a stopped engine's
+streams break like a closed socket, a rejected model exits before it is
+healthy, ``stop`` is idempotent and kills at once when cancelled) and record
+what happened in plain lists that tests assert on. They satisfy the ports
+by shape; ``_conforms`` below lets the type checker prove it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from llamagate.domain.capabilities import ServerCapabilities
+from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Usage
+from llamagate.domain.errors import EngineFailed, ModelNotFound
+from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.hyperparameters import Hyperparameters
+from llamagate.domain.launch import LaunchSpec
+from llamagate.domain.model_facts import ModelFacts
+from llamagate.domain.ports import (
+    ChatEngine,
+    EngineExit,
+    EngineLauncher,
+    EngineProcess,
+    MemoryProbe,
+    ModelInspector,
+)
+
+GIB = 1 << 30
+
+
+def model_facts(path: str = "/models/SmolLM2-135M-Instruct.Q4_1.gguf", *, size: int = 90 << 20,
+                context: int = 8192) -> ModelFacts:
+    """A SmolLM2-shaped model: 30 layers, 9 heads, 3 KV heads of 64."""
+    hp = Hyperparameters(context_length=context, block_count=30, head_count=9, head_count_kv=3,
+                         embedding_length=576, feed_forward_length=1536)
+    return ModelFacts(path, "llama", context, "{% for m in messages %}{{ m.content }}{% endfor %}", size, hp)
+
+
+class FakeInspector:
+    def __init__(self, *models: ModelFacts) -> None:
+        self.models = {m.path: m for m in models}
+        self.calls: list[str] = []
+
+    def inspect(self, path: str) -> ModelFacts:
+        self.calls.append(path)
+        if path not in self.models:
+            raise ModelNotFound(f"model file not found: {path}")
+        return self.models[path]
+
+
+class FakeMemory:
+    def __init__(self, gpus: list[GpuInfo] | None = None, host_free: int = 16 * GIB) -> None:
+        self._gpus = gpus or []
+        self._host_free = host_free
+        self.probes = 0
+
+    def gpus(self) -> list[GpuInfo]:
+        self.probes += 1
+        return list(self._gpus)
+
+    def host_free_bytes(self) -> int:
+        return self._host_free
+
+
+def reply(*texts: str) -> list[ChatChunk]:
+    """What llama-server streams for an answer: deltas, then finish reason, usage and timings."""
+    n = len(texts)
+    return [ChatChunk(content=t) for t in texts] + [
+        ChatChunk(finish_reason=FinishReason.STOP, usage=Usage(5, n, 5 + n), timings=Timings(predicted_n=n))]
+
+
+class FakeChat:
+    """One engine's API. ``hold`` pauses every stream after its first chunk
+    until set; a stream of a dead engine breaks like a closed socket."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self._engine = engine
+        self.script: list[ChatChunk] = reply("Hello", " there")
+        self.calls: list[ChatCall] = []
+        self.capabilities = ServerCapabilities()
+        self.hold: asyncio.Event | None = None
+        self.streaming = 0  # streams open now
+
+    async def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
+        self.calls.append(call)
+        self.streaming += 1
+        try:
+            for i, chunk in enumerate(self.script):
+                if i == 1 and self.hold is not None:
+                    await self._engine.until_exit_or(self.hold)
+                if self._engine.exit is not None:
+                    raise EngineFailed("lost connection to llama-server: the connection was reset")
+                yield chunk
+        finally:
+            self.streaming -= 1
+
+    async def server_capabilities(self) -> ServerCapabilities:
+        return self.capabilities
+
+
+class FakeEngine:
+    def __init__(self, pid: int, spec: LaunchSpec, *, ready: asyncio.Event | None, reject: str = "",
+                 stop_gate: asyncio.Event | None = None) -> None:
+        self.pid = pid
+        self.spec = spec
+        self.chat: FakeChat = FakeChat(self)
+        self.exit: EngineExit | None = None
+        self.stops = 0
+        self._exited = asyncio.Event()
+        self._ready = ready  # None: healthy at once
+        self._reject = reject  # non-empty: exits before it is healthy, saying this
+        self._stop_gate = stop_gate  # set: stop() waits for it (a slow SIGTERM)
+
+    def _end(self, how: str, output: str = "") -> None:
+        if self.exit is None:
+            self.exit = EngineExit(how, output)
+            self._exited.set()
+
+    def crash(self, how: str = "killed by SIGKILL") -> None:
+        """Die on our own, as the OOM killer would have it."""
+        self._end(how, "Killed")
+
+    async def until_exit_or(self, event: asyncio.Event) -> None:
+        waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._exited.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def wait_ready(self) -> AsyncIterator[int]:
+        yield 1 << 20
+        if self._reject:
+            self._end("exit code 1", self._reject)
+            raise EngineFailed(f"llama-server exited with code 1 before it was ready; its last output:\n{self._reject}")
+        if self._ready is not None:
+            await self.until_exit_or(self._ready)
+        if self.exit is not None:
+            raise EngineFailed(f"llama-server exited ({self.exit.how}) before it was ready")
+        yield 90 << 20
+
+    async def stop(self) -> None:
+        self.stops += 1
+        try:
+            if self._stop_gate is not None and self.exit is None:
+                await self.until_exit_or(self._stop_gate)
+        finally:  # cancelled mid-stop: killed at once, like the real one
+            self._end("stopped" if self._stop_gate is None or self._stop_gate.is_set() else "killed by SIGKILL")
+
+    async def wait_exit(self) -> EngineExit:
+        await self._exited.wait()
+        assert self.exit is not None
+        return self.exit
+
+
+@dataclass
+class FakeLauncher:
+    """Launches FakeEngines. Set ``check_error`` to fail every check,
+    ``launch_error`` to fail the next launch, ``hold_ready`` to make the next
+    engines wait for ``ready.set()``, ``reject_next`` to make the next ones
+    exit before they are healthy, ``stop_gate`` to make stops wait."""
+
+    check_error: Exception | None = None
+    launch_error: Exception | None = None
+    hold_ready: bool = False
+    reject_next: list[str] = field(default_factory=list)
+    stop_gate: asyncio.Event | None = None
+    launched: list[LaunchSpec] = field(default_factory=list)
+    engines: list[FakeEngine] = field(default_factory=list)
+    checks: int = 0
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    next_pid: int = 4000
+
+    def check(self) -> None:
+        self.checks += 1
+        if self.check_error is not None:
+            raise self.check_error
+
+    async def launch(self, spec: LaunchSpec) -> FakeEngine:
+        if self.launch_error is not None:  # the next launch fails: a spawn error is rarely permanent
+            error, self.launch_error = self.launch_error, None
+            raise error
+        self.launched.append(spec)
+        self.next_pid += 1
+        reject = self.reject_next.pop(0) if self.reject_next else ""
+        engine = FakeEngine(self.next_pid, spec, ready=self.ready if self.hold_ready else None, reject=reject,
+                            stop_gate=self.stop_gate)
+        self.engines.append(engine)
+        return engine
+
+    def alive(self) -> list[FakeEngine]:
+        return [e for e in self.engines if e.exit is None]
+
+
+def _conforms(inspector: FakeInspector, memory: FakeMemory, launcher: FakeLauncher, engine: FakeEngine) -> None:
+    """Never called: the type checker proves each fake satisfies its port."""
+    ports: tuple[ModelInspector, MemoryProbe, EngineLauncher, EngineProcess, ChatEngine] = (
+        inspector, memory, launcher, engine, engine.chat)
+    del ports
