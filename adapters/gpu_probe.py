@@ -6,6 +6,7 @@ mapper the tests feed with literal data (SPEC §6).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import subprocess
 from collections.abc import Callable, Mapping
@@ -42,9 +43,8 @@ def probe_gpus(env: Mapping[str, str], probes: tuple[Callable, ...] | None = Non
 # ---------------------------------------------------------------- NVML
 
 
-def nvml_probe(env: Mapping[str, str], nvml: ModuleType | None = None) -> list[GpuInfo]:
-    if nvml is None:
-        import pynvml as nvml
+def nvml_probe(env: Mapping[str, str], library: ModuleType | None = None) -> list[GpuInfo]:
+    nvml = library or importlib.import_module("pynvml")  # nvidia-ml-py
     try:
         nvml.nvmlInit()
     except nvml.NVMLError as error:
@@ -108,12 +108,11 @@ def parse_nvidia_smi_csv(text: str) -> list[GpuInfo]:
 # ---------------------------------------------------------------- torch
 
 
-def torch_probe(env: Mapping[str, str], torch: ModuleType | None = None) -> list[GpuInfo]:
-    if torch is None:
-        try:
-            import torch
-        except ImportError as error:
-            raise ProbeUnavailable("torch is not installed") from error
+def torch_probe(env: Mapping[str, str], library: ModuleType | None = None) -> list[GpuInfo]:
+    try:
+        torch = library or importlib.import_module("torch")
+    except ImportError as error:
+        raise ProbeUnavailable("torch is not installed") from error
     if not torch.cuda.is_available():
         raise ProbeUnavailable("torch sees no CUDA/ROCm device")
     rocm = bool(getattr(torch.version, "hip", None))

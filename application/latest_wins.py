@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from llamagate.domain.errors import Superseded
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass(eq=False)
 class Operation:
     name: str
-    body: Callable[[Operation], Awaitable[None]]
+    body: Callable[[Operation], Coroutine[Any, Any, None]]
     dropped: Callable[[], None] = lambda: None  # called instead of the body when it never started
     superseded: bool = False
     abandoned: bool = False

@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import TypeVar
@@ -195,7 +195,7 @@ class ModelSlot:
 
     # ------------------------------------------------------------------ load
 
-    async def load(self, path: str, options: LoadOptions) -> AsyncIterator[LoadEvent]:
+    async def load(self, path: str, options: LoadOptions) -> AsyncGenerator[LoadEvent, None]:
         """Load a model, replacing whatever is loaded or loading; yields its phases."""
         ticket = self._ops.ticket()
         yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
@@ -339,7 +339,7 @@ class ModelSlot:
 
     # ------------------------------------------------------------------ generate
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateEvent, None]:
         engine, info = self._engine, self.status()
         if self._state is not ModelState.READY or engine is None:
             raise NoModelLoaded(self._not_ready_message())

@@ -130,5 +130,9 @@ class ServerCapabilities:
 def merge_server_caps(caps: Capabilities, server: ServerCapabilities) -> Capabilities:
     """The engine renders the template, so what it reports settles tools,
     preserved reasoning and vision; the string rules keep the rest."""
-    updates = {"tools": server.tools, "preserve_thinking": server.preserve_thinking, "vision": server.vision}
-    return replace(caps, **{k: v for k, v in updates.items() if v is not None})
+    return replace(
+        caps,
+        tools=caps.tools if server.tools is None else server.tools,
+        preserve_thinking=caps.preserve_thinking if server.preserve_thinking is None else server.preserve_thinking,
+        vision=caps.vision if server.vision is None else server.vision,
+    )

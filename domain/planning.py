@@ -136,8 +136,9 @@ def plan_host(free_bytes: int, weights: int, kv_bytes: KvBytes, requested: int, 
     return Plan(context, (), False, fits, weights, kv_bytes(context), (), context, tuple(reasons))
 
 
-def _plan(context, chosen, offload, fits, weights, kv, gpus, reasons) -> Plan:
-    chosen = sorted(chosen, key=lambda g: g.index)  # pinned in PCI order: device 0 is the lowest id
+def _plan(context: int, pool: Sequence[GpuInfo], offload: bool, fits: bool, weights: int, kv: int,
+          gpus: Sequence[GpuInfo], reasons: list[str]) -> Plan:
+    chosen = sorted(pool, key=lambda g: g.index)  # pinned in PCI order: device 0 is the lowest id
     total = sum(budget([g.free_bytes]) for g in chosen) or 1
     shares = tuple(
         GpuShare(

@@ -36,14 +36,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
     """Command-line options win over the environment."""
-    changes: dict[str, object] = {}
-    if getattr(args, "listen", None):
-        changes["address"] = args.listen
-    if getattr(args, "llama_cpp_dir", None):
-        changes["llama_cpp_dir"] = args.llama_cpp_dir
-    if getattr(args, "max_message_mb", None):
-        changes["max_message_bytes"] = args.max_message_mb * MIB
-    return replace(settings, **changes)
+    megabytes = getattr(args, "max_message_mb", None)
+    return replace(
+        settings,
+        address=getattr(args, "listen", None) or settings.address,
+        llama_cpp_dir=getattr(args, "llama_cpp_dir", None) or settings.llama_cpp_dir,
+        max_message_bytes=megabytes * MIB if megabytes else settings.max_message_bytes,
+    )
 
 
 def _parser(settings: Settings) -> argparse.ArgumentParser:

@@ -35,9 +35,9 @@ class MessageLimit(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.request_deserializer is None:
             return handler  # streaming requests (reflection) keep core's cap
@@ -45,7 +45,9 @@ class MessageLimit(grpc.aio.ServerInterceptor):
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(handler.unary_unary), deserialize, handler.response_serializer)
-        stream = handler.unary_stream
+        stream: Callable[..., Any] | None = handler.unary_stream
+        if stream is None:
+            return handler
         # a streaming handler either yields its responses or writes them to the context (health's Watch)
         wrapped = self._streaming(stream) if inspect.isasyncgenfunction(stream) else self._unary(stream)
         return grpc.unary_stream_rpc_method_handler(wrapped, deserialize, handler.response_serializer)

@@ -79,7 +79,7 @@ def test_visibility_masks(mask, visible):
 def test_nvml_reads_every_device_and_honours_the_mask():
     nvml = fake_nvml([(1000, 2000), (3000, 4000), (5000, 6000)])
 
-    gpus = nvml_probe({"CUDA_VISIBLE_DEVICES": "2,0"}, nvml=nvml)
+    gpus = nvml_probe({"CUDA_VISIBLE_DEVICES": "2,0"}, nvml)
 
     assert gpus == [GpuInfo(2, 5000 * MIB, 6000 * MIB, "Fake GPU 2", "GPU-0002-fake"),
                     GpuInfo(0, 1000 * MIB, 2000 * MIB, "Fake GPU 0", "GPU-0000-fake")]
