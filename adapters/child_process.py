@@ -21,7 +21,6 @@ import ctypes
 import enum
 import logging
 import os
-import shutil
 import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -144,8 +143,7 @@ class ChildProcess:
         )
         cleanups = list(on_exit)
         if registry_dir is not None:
-            path = (env or os.environ).get("PATH")
-            cleanups.append(_record(registry_dir, process.pid, shutil.which(argv[0], path=path) or argv[0]))
+            cleanups.append(_record(registry_dir, process.pid, argv[0]))
         return cls(process, name=name or Path(argv[0]).name, tail_lines=tail_lines, on_exit=cleanups)
 
     @property

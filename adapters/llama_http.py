@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 import httpx
+
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import (
     CallMessage,

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import psutil
+
 from llamagate.adapters.child_process import ChildProcess
 from llamagate.adapters.engine_discovery import child_environment
 from llamagate.adapters.llama_argv import HOST, server_arguments
@@ -66,7 +67,8 @@ class LlamaServerLauncher:
             self._runs.add(identity)
 
     async def launch(self, spec: LaunchSpec) -> LlamaServerProcess:
-        binary = self._find_binary()
+        # Finding the binary and its libraries stats files: off the event loop.
+        binary, env = await asyncio.to_thread(self._environment, spec)
         port = _free_port()
         # Only we may talk to our child: other local processes could otherwise
         # use its slots behind our back. In the environment, not argv, so `ps`
@@ -74,7 +76,7 @@ class LlamaServerLauncher:
         api_key = secrets.token_urlsafe(24)
         template = _write_template(spec.chat_template) if spec.chat_template else None
         try:
-            child = await self._spawn(binary, spec, port=port, template=template, api_key=api_key)
+            child = await self._spawn(binary, spec, env | {"LLAMA_API_KEY": api_key}, port=port, template=template)
         except BaseException:
             if template:
                 template.unlink(missing_ok=True)
@@ -88,11 +90,15 @@ class LlamaServerLauncher:
             poll_interval=self._poll_interval,
         )
 
+    def _environment(self, spec: LaunchSpec) -> tuple[Path, dict[str, str]]:
+        """The binary and the child's environment (blocking)."""
+        binary = self._find_binary()
+        return binary, _pinned(child_environment(binary, self._env), spec.gpus)
+
     async def _spawn(
-        self, binary: Path, spec: LaunchSpec, *, port: int, template: Path | None, api_key: str
+        self, binary: Path, spec: LaunchSpec, env: dict[str, str], *, port: int, template: Path | None
     ) -> ChildProcess:
         argv = [str(binary), *server_arguments(spec, port=port, template_file=str(template) if template else None)]
-        env = _pinned(child_environment(binary, self._env), spec.gpus) | {"LLAMA_API_KEY": api_key}
         log.info("starting %s", " ".join(argv))
         try:
             return await ChildProcess.spawn(

@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Mapping
 
 import psutil
+
 from llamagate.adapters.gpu_probe import probe_gpus
 from llamagate.domain.gpus import GpuInfo
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gguf import GGUFReader
+
 from llamagate.adapters import paths
 from llamagate.rust_ext import scan_file
 from llamagate.server.settings import Settings

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from llamagate.adapters import paths
 from llamagate.adapters.child_process import kill_stale_children
 from llamagate.adapters.engine_discovery import find_llama_server

@@ -6,6 +6,7 @@ import sys
 import time
 
 import grpc
+
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from llamagate.domain import errors
 
 STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.errors import LlamagateError
 from llamagate.server import convert

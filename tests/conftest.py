@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
 from llamagate.adapters import paths
 from llamagate.domain.ports import MemoryProbe
 from llamagate.server.settings import Settings
@@ -94,6 +95,7 @@ def service(llama_cpp_tree, smollm2_path):
 @pytest.fixture(scope="module")
 def stub(service):
     import grpc
+
     from llamagate.v1 import llamagate_pb2_grpc
 
     with grpc.insecure_channel(service.address) as channel:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from llamagate.adapters.child_process import (
     MAX_LINE_CHARS,
     ChildExit,
@@ -266,7 +267,7 @@ def test_a_child_is_recorded_while_it_runs_and_unrecorded_when_it_ends(tmp_path)
     pid, while_running, after = run(scenario())
     [(_, recorded)] = while_running
     assert recorded is not None and (recorded.pid, recorded.owner_pid) == (pid, os.getpid())
-    assert Path(recorded.exe).is_absolute() and Path(recorded.exe).name == "sh"
+    assert Path(recorded.exe).name == "sh"  # what was started, as it was named
     assert after == []
 
 

@@ -12,6 +12,7 @@ import grpc
 import psutil
 import pytest
 from conftest import RunningService
+
 from llamagate.v1 import llamagate_pb2 as pb
 
 pytestmark = pytest.mark.engine

@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+
 from llamagate.adapters import engine_discovery, paths
 from llamagate.adapters.engine_discovery import (
     candidates,

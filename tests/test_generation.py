@@ -7,6 +7,7 @@ import math
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llamagate.domain.capabilities import Capabilities, ReasoningStyle
 from llamagate.domain.chat import (
     ChatChunk,

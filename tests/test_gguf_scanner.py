@@ -19,6 +19,7 @@ import pytest
 from gguf import GGML_QUANT_SIZES, GGUFEndian, GGUFValueType, GGUFWriter, Keys
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 V = GGUFValueType

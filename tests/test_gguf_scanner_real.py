@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from gguf import GGUFReader, GGUFValueType
+
 from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 # WPM, SPM (scores, token types) and the one GGUF v2 file (BPE); SmolLM2 (BPE, tensors) always.

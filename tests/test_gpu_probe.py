@@ -9,6 +9,7 @@ import pynvml
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llamagate.adapters.gpu_probe import (
     ProbeUnavailable,
     nvidia_smi_probe,

@@ -22,6 +22,7 @@ import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llamagate.adapters import gguf_inspector, paths
 from llamagate.adapters.gguf_inspector import GgufInspector
 from llamagate.domain.errors import InvalidModel

@@ -22,6 +22,7 @@ from kv_fixtures import (
     synthetic_model,
     write_synthetic_models,
 )
+
 from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.gguf_inspector import GgufInspector
 from llamagate.domain.gpus import MIB

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llamagate.domain.gpus import MIB
 from llamagate.domain.hyperparameters import Hyperparameters
 from llamagate.domain.kv_cache import (

@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llamagate.adapters.engine_discovery import child_environment, find_llama_server
 from llamagate.adapters.llama_argv import server_arguments
 from llamagate.domain.launch import LaunchSpec

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llamagate.adapters.llama_http import (
     DONE,
     LlamaHttpClient,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.llama_process import LlamaServerLauncher, LlamaServerProcess
 from llamagate.adapters.orphans import read_records

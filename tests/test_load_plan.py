@@ -1,6 +1,7 @@
 """plan_load: the model's shape meets the memory there is."""
 
 import pytest
+
 from llamagate.domain.errors import InvalidArgument, InvalidModel
 from llamagate.domain.gpus import MIB, GpuInfo
 from llamagate.domain.hyperparameters import Hyperparameters

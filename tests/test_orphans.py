@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import psutil
 import pytest
+
 from llamagate.adapters.orphans import (
     ChildRecord,
     boot_id,

@@ -10,6 +10,7 @@ import sys
 import grpc
 import pytest
 from kv_fixtures import server_memory
+
 from llamagate.adapters.gpu_probe import probe_gpus
 from llamagate.domain.gpus import MIB
 from llamagate.v1 import llamagate_pb2 as pb
@@ -94,8 +95,9 @@ def test_a_load_runs_llama_server_with_the_context_its_plan_chose(smollm2_path):
     fits, not the native 8192: llama-server's own /slots must show it."""
     from conftest import RunningService
     from fakes import FakeMemory
-    from llamagate.v1 import llamagate_pb2_grpc
     from test_service_e2e import engine
+
+    from llamagate.v1 import llamagate_pb2_grpc
 
     service = RunningService(memory=FakeMemory(host_free=250 * MIB))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
+
 from llamagate.domain.gpus import MIB, GpuInfo
 from llamagate.domain.planning import (
     CONTEXT_STEP,

@@ -10,6 +10,7 @@ import httpx
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from llamagate.server.app import SERVICE_NAME
 from llamagate.v1 import llamagate_pb2 as pb
 
@@ -403,6 +404,7 @@ def test_defect_9_a_request_over_the_limit_is_refused_naming_the_setting(tmp_pat
     from dataclasses import replace
 
     from conftest import RunningService
+
     from llamagate.server.settings import Settings
     from llamagate.v1 import llamagate_pb2_grpc
 

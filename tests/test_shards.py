@@ -1,5 +1,6 @@
 from hypothesis import given
 from hypothesis import strategies as st
+
 from llamagate.domain.shards import model_id, shard_names
 
 names = st.from_regex(r"[A-Za-z0-9_.]{1,20}", fullmatch=True)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from fakes import FakeInspector, FakeLauncher, FakeMemory, model_facts, reply
+
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.chat import (
     ChatMessage,
