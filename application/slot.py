@@ -23,7 +23,6 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import PurePath
-from typing import TypeVar
 
 from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
@@ -55,7 +54,6 @@ from llamagate.domain.shards import model_id
 log = logging.getLogger(__name__)
 
 StateListener = Callable[[ModelInfo], Awaitable[None] | None]
-T = TypeVar("T")
 
 # How long a generation whose stream broke waits to learn whether the engine died.
 _EXIT_NEWS_WAIT = 1.0
@@ -80,6 +78,7 @@ class UnloadResult:
     pid: int  # the engine child that was stopped, 0 if none
 
 
+@dataclass(eq=False)
 class _Generation:
     """An in-flight generation; ``abort`` is set when the slot ends it on purpose."""
 
@@ -203,8 +202,9 @@ class ModelSlot:
         await self._plan(prepared, None)  # bad options or hyperparameters fail here, nothing stopped yet
         await asyncio.to_thread(self._launcher.check)  # so does a missing or broken engine binary
         job = LoadJob()
-        op = self._ops.submit(ticket, Operation(f"load of {prepared.model_id}", lambda op: self._load_op(op, job, prepared),
-                                                dropped=job.superseded))
+        op = Operation(f"load of {prepared.model_id}", lambda op: self._load_op(op, job, prepared),
+                       dropped=job.superseded)
+        self._ops.submit(ticket, op)
         try:
             async for event in job.events():
                 yield event
