@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from processes import gone, gone_within
 
 from llamagate.adapters.child_process import (
     MAX_LINE_CHARS,
@@ -45,13 +46,6 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not met in time")
         await asyncio.sleep(0.02)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def test_stop_ends_the_whole_process_group():
@@ -230,10 +224,7 @@ def test_defect_10_a_child_dies_within_2_s_of_its_parent_being_sigkilled(tmp_pat
         assert not gone(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        deadline = time.monotonic() + 2.0
-        while not gone(child) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert gone(child), "the child outlived its SIGKILLed parent by 2 s"
+        assert gone_within(child, 2.0), "the child outlived its SIGKILLed parent by 2 s"
     finally:
         if not gone(child):
             os.kill(child, signal.SIGKILL)

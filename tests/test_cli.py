@@ -12,6 +12,7 @@ import grpc
 import psutil
 import pytest
 from conftest import RunningService
+from processes import gone, gone_within
 
 from llamagate.v1 import llamagate_pb2 as pb
 
@@ -65,15 +66,13 @@ def start_serve(address: str) -> tuple[subprocess.Popen, int]:
 
 def test_defect_10_a_sigkilled_service_leaves_no_llama_server_running():
     serve, pid = start_serve(f"127.0.0.1:{free_port()}")
-    child = psutil.Process(pid)
     try:
         serve.send_signal(signal.SIGKILL)  # no handler, no clean-up: only the kernel acts
         serve.wait(timeout=10)
-        gone, alive = psutil.wait_procs([child], timeout=2)
-        assert alive == [], f"llama-server {pid} outlived its SIGKILLed parent by 2 s"
+        assert gone_within(pid, 2.0), f"llama-server {pid} outlived its SIGKILLed parent by 2 s"
     finally:
-        if child.is_running():
-            child.kill()
+        if not gone(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_chat_without_a_service_says_where_it_looked():

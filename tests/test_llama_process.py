@@ -7,15 +7,12 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import textwrap
-import time
 from pathlib import Path
 
 import psutil
 import pytest
+from processes import gone
 
 from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.llama_process import LlamaServerLauncher, LlamaServerProcess
@@ -57,13 +54,6 @@ def script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body + "\n")
     path.chmod(0o755)
     return path
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def template_file_of(pid: int) -> Path:
@@ -308,43 +298,3 @@ def test_defect_3_a_crashed_child_does_not_leak_its_chat_template_file(launcher,
     template, existed, ended = asyncio.run(scenario())
     assert existed and ended.how == "killed by SIGKILL"
     assert not template.exists()
-
-
-# --- defect 10: nothing outlives us ---------------------------------------------------
-
-PARENT = textwrap.dedent(
-    """
-    import asyncio, sys
-    from pathlib import Path
-    from llamagate.adapters.llama_process import LlamaServerLauncher
-    from llamagate.domain.launch import LaunchSpec
-
-    async def main():
-        binary, model, registry = map(Path, sys.argv[1:])
-        engine = await LlamaServerLauncher(lambda: binary, registry_dir=registry).launch(LaunchSpec(str(model), 512))
-        async for _ in engine.wait_ready():
-            pass
-        print(engine.pid, flush=True)
-        await asyncio.sleep(1000)
-
-    asyncio.run(main())
-    """
-)
-
-
-def test_defect_10_a_sigkilled_service_does_not_leave_its_llama_server_running(real_binary, smollm2_path, registry):
-    service = subprocess.Popen([sys.executable, "-c", PARENT, str(real_binary), str(smollm2_path), str(registry)],
-                               stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert service.stdout is not None
-    child = int(service.stdout.readline())
-    try:
-        assert not gone(child) and [r.pid for _, r in read_records(registry) if r] == [child]
-        service.send_signal(signal.SIGKILL)
-        service.wait()
-        deadline = time.monotonic() + 2.0
-        while not gone(child) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert gone(child), "llama-server outlived its SIGKILLed service by 2 s"
-    finally:
-        if not gone(child):
-            os.kill(child, signal.SIGKILL)
