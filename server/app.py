@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from llamagate.adapters import paths
 from llamagate.adapters.child_process import kill_stale_children
+from llamagate.adapters.default_model import ensure_default_model
 from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.gguf_inspector import GgufInspector
 from llamagate.adapters.llama_process import LlamaServerLauncher
@@ -46,6 +47,11 @@ def build_slot(settings: Settings, memory: MemoryProbe | None = None) -> ModelSl
 async def clean_stale_children(settings: Settings) -> list[int]:
     """Kill the children of a llamagate that died without stopping them (off the event loop)."""
     return await asyncio.to_thread(kill_stale_children, paths.children_dir(settings.cache_dir))
+
+
+async def default_model(settings: Settings) -> Path:
+    """The embedded default model, fetched once (off the event loop: it may download)."""
+    return await asyncio.to_thread(ensure_default_model, settings.cache_dir)
 
 
 class ListenError(Exception):

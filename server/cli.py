@@ -138,15 +138,14 @@ async def _serve_async(settings: Settings, args) -> int:
 
 
 async def _run_service(settings: Settings, args) -> None:
-    from llamagate.adapters.default_model import ensure_default_model
     from llamagate.domain.load_options import LoadOptions
     from llamagate.domain.model_info import LoadPhase
-    from llamagate.server.app import build_slot, create_server
+    from llamagate.server.app import build_slot, create_server, default_model
 
     slot = build_slot(settings)
     loading = None
     if not args.no_model:
-        path = args.model or str(await asyncio.to_thread(ensure_default_model, settings.cache_dir))
+        path = args.model or str(await default_model(settings))
         loading = slot.load(path, LoadOptions(context_length=args.ctx, parallel=args.parallel))
         # Once the file is checked the model is LOADING; listen only then, so
         # an early client waits for it instead of seeing "no model loaded".

@@ -125,3 +125,22 @@ def test_floor_is_returned_when_not_even_it_fits(requested, rate):
     assume(requested > 1)
     context, fits = fit_context(10 * GIB + 1, 10 * GIB, linear_kv(rate), requested)
     assert not fits and context == context_floor(requested)
+
+
+@given(gpus=gpu_lists, weights=sizes, rate=kv_rates, native=st.integers(257, 262_144))
+def test_defect_15_an_automatic_context_is_the_native_one_or_a_multiple_of_256_never_below_the_floor(
+        gpus, weights, rate, native):
+    """What the README says: the native context when it fits (unrounded), else
+    the largest multiple of 256 that fits, never below min(4096, native)."""
+    plan = make_plan(gpus, 16 * GIB, weights, linear_kv(rate), 0, native)
+    context = plan.context_length
+    assert context == native or context % CONTEXT_STEP == 0 or context == context_floor(native)
+    assert context_floor(native) <= context <= native
+    if plan.fits and context != native:
+        assert weights + linear_kv(rate)(context + CONTEXT_STEP) > budget(
+            [g.free_bytes for g in gpus if g.index in plan.gpus] or [16 * GIB])
+
+
+def test_defect_15_a_native_context_that_fits_is_kept_even_when_not_a_multiple_of_256():
+    plan = make_plan([], 16 * GIB, 100 * MIB, linear_kv(1000), 0, 5000)
+    assert (plan.context_length, plan.fits) == (5000, True)

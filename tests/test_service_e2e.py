@@ -423,3 +423,42 @@ def test_defect_9_a_request_over_the_limit_is_refused_naming_the_setting(tmp_pat
         watch.cancel()
     finally:
         small.close()
+
+
+# ------------------------------------------------------------ the engine binary
+
+
+def test_defect_2_an_engine_that_cannot_run_fails_the_load_and_the_loaded_model_keeps_serving(
+        tmp_path, smollm2_path, cache_dir):
+    import os
+    import shutil
+    from dataclasses import replace
+
+    from conftest import RunningService
+
+    from llamagate.adapters.engine_discovery import find_llama_server
+    from llamagate.server.settings import Settings
+    from llamagate.v1 import llamagate_pb2_grpc
+
+    binary = tmp_path / "llama-server"
+    shutil.copy2(find_llama_server(os.environ, cache_dir), binary)
+    settings = Settings.from_env(os.environ)
+    service = RunningService(replace(settings, env={**settings.env, "LLAMA_SERVER_PATH": str(binary)}))
+    try:
+        stub = llamagate_pb2_grpc.LlamaGateStub(grpc.insecure_channel(service.address))
+        pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
+        broken = tmp_path / "broken"
+        broken.write_bytes(b"\x7fELF not really")  # an upgrade gone wrong
+        broken.chmod(0o755)
+        os.replace(broken, binary)  # the running child keeps the old file
+
+        details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(
+            path=str(smollm2_path), options=pb.LoadOptions(context_length=2048)), timeout=60),
+            grpc.StatusCode.UNAVAILABLE)
+
+        assert str(binary) in details
+        status = stub.GetStatus(pb.GetStatusRequest())
+        assert (status.state, status.pid, status.context_length) == (pb.MODEL_STATE_READY, pid, 1024)
+        assert_still_serves(stub)
+    finally:
+        service.close()
