@@ -39,14 +39,14 @@ class LlamaServerLauncher:
         find_binary: Callable[[], Path],
         *,
         registry_dir: Path | None,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str],
         health_timeout: float = 600.0,
         stop_grace: float = 5.0,
         poll_interval: float = 0.1,
     ) -> None:
         self._find_binary = find_binary
         self._registry_dir = registry_dir
-        self._env = os.environ if env is None else env  # the service's own, read at each launch
+        self._env = env  # the service's environment (Settings.env): what children inherit
         self._health_timeout = health_timeout
         self._stop_grace = stop_grace
         self._poll_interval = poll_interval

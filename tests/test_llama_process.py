@@ -47,7 +47,7 @@ def real_binary(cache_dir) -> Path:
 
 @pytest.fixture
 def launcher(real_binary, registry) -> LlamaServerLauncher:
-    return LlamaServerLauncher(lambda: real_binary, registry_dir=registry)
+    return LlamaServerLauncher(lambda: real_binary, registry_dir=registry, env=os.environ)
 
 
 def script(path: Path, body: str) -> Path:
@@ -207,7 +207,7 @@ def test_an_ollama_model_that_fails_gets_the_ollama_hint(launcher, llama_cpp_tre
 
 def test_a_child_that_never_gets_healthy_is_stopped_at_the_health_timeout(tmp_path, registry):
     silent = script(tmp_path / "llama-server", "exec sleep 1000")
-    launcher = LlamaServerLauncher(lambda: silent, registry_dir=registry, health_timeout=0.5)
+    launcher = LlamaServerLauncher(lambda: silent, registry_dir=registry, env=os.environ, health_timeout=0.5)
 
     async def scenario():
         engine = await launcher.launch(LaunchSpec("/m.gguf", 512))
@@ -223,7 +223,7 @@ def test_a_binary_that_cannot_run_is_engine_failed_naming_it_at_launch(tmp_path,
     broken = tmp_path / "llama-server"
     broken.write_bytes(b"\x7fELF not really")
     broken.chmod(0o755)
-    launcher = LlamaServerLauncher(lambda: broken, registry_dir=registry)
+    launcher = LlamaServerLauncher(lambda: broken, registry_dir=registry, env=os.environ)
     before = set(Path(tempfile.gettempdir()).glob("llamagate-template-*"))
 
     with pytest.raises(EngineFailed, match=str(broken)):
@@ -244,20 +244,20 @@ def test_defect_2_a_binary_that_cannot_run_fails_the_check_naming_it(tmp_path):
     broken.chmod(0o755)
 
     with pytest.raises(EngineFailed, match=str(broken)):
-        LlamaServerLauncher(lambda: broken, registry_dir=None).check()
+        LlamaServerLauncher(lambda: broken, registry_dir=None, env=os.environ).check()
 
 
 def test_defect_2_a_binary_that_is_not_executable_fails_the_check(tmp_path):
     plain = script(tmp_path / "llama-server", "exit 0")
     plain.chmod(0o644)
     with pytest.raises(EngineFailed, match=str(plain)):
-        LlamaServerLauncher(lambda: plain, registry_dir=None).check()
+        LlamaServerLauncher(lambda: plain, registry_dir=None, env=os.environ).check()
 
 
 def test_defect_2_a_binary_whose_version_fails_fails_the_check_with_its_output(tmp_path):
     failing = script(tmp_path / "llama-server", "echo 'libggml.so: cannot open shared object file' >&2; exit 127")
     with pytest.raises(EngineFailed, match="cannot open shared object file"):
-        LlamaServerLauncher(lambda: failing, registry_dir=None).check()
+        LlamaServerLauncher(lambda: failing, registry_dir=None, env=os.environ).check()
 
 
 def test_defect_2_no_engine_anywhere_is_engine_not_found_listing_the_places(tmp_path):
@@ -265,14 +265,14 @@ def test_defect_2_no_engine_anywhere_is_engine_not_found_listing_the_places(tmp_
         return find_llama_server({"PATH": str(tmp_path / "nowhere")}, tmp_path / "cache")
 
     with pytest.raises(EngineNotFound, match="looked in") as caught:
-        LlamaServerLauncher(find, registry_dir=None).check()
+        LlamaServerLauncher(find, registry_dir=None, env=os.environ).check()
     assert str(tmp_path / "cache") in str(caught.value)
 
 
 def test_defect_2_the_check_runs_the_binary_once_per_version_of_the_file(tmp_path):
     runs = tmp_path / "runs"
     binary = script(tmp_path / "llama-server", f"echo run >> '{runs}'; exit 0")
-    launcher = LlamaServerLauncher(lambda: binary, registry_dir=None)
+    launcher = LlamaServerLauncher(lambda: binary, registry_dir=None, env=os.environ)
 
     launcher.check()
     launcher.check()
