@@ -4,9 +4,11 @@ The repository keeps its layers as top-level folders (``domain/``,
 ``application/``, ``adapters/``, ``server/``, ``rust_ext/``); installed, they
 all live under the one import name ``llamagate`` so that nothing generic
 (``server``, ``domain``) lands in site-packages. ``stage_package`` builds
-``.pkg/llamagate/`` (maturin's ``python-source``): symbolic links to the
-folders for an editable install, so edits are live, and copies for a wheel
-(maturin packs real files only). The gRPC stubs are generated into it too.
+``.pkg/llamagate/`` (maturin's ``python-source``) out of symbolic links to
+the folders, and generates the gRPC stubs into it. An editable install puts
+``.pkg`` on the path, so edits are live; a wheel takes its Python files from
+the ``include`` globs in pyproject.toml (maturin would otherwise skip them:
+``.pkg`` is git-ignored).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / ".pkg"
 PACKAGE = STAGE / "llamagate"
 LAYERS = ("domain", "application", "adapters", "server", "rust_ext")
-_NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "src")
 
 INIT = '''"""llamagate: plan, launch and stream GGUF models through llama.cpp's llama-server.
 
@@ -34,42 +35,35 @@ generated stubs).
 '''
 
 
-def stage_package(*, linked: bool) -> Path:
+def stage_package() -> Path:
     """(Re)build .pkg/llamagate; returns the python-source directory."""
     shutil.rmtree(STAGE, ignore_errors=True)
     PACKAGE.mkdir(parents=True)
     (PACKAGE / "__init__.py").write_text(INIT)
     for layer in LAYERS:
-        if linked:
-            os.symlink(os.path.relpath(ROOT / layer, PACKAGE), PACKAGE / layer, target_is_directory=True)
-        else:
-            shutil.copytree(ROOT / layer, PACKAGE / layer, ignore=_NOT_SHIPPED)
+        os.symlink(os.path.relpath(ROOT / layer, PACKAGE), PACKAGE / layer, target_is_directory=True)
     generate_stubs(STAGE)
     shutil.rmtree(ROOT / "llamagate", ignore_errors=True)  # stubs of the old layout would shadow the package
     return STAGE
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
-    stage_package(linked=False)
+    stage_package()
     return maturin.build_wheel(wheel_directory, config_settings, metadata_directory)
 
 
 def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
-    stage_package(linked=True)
+    stage_package()
     return maturin.build_editable(wheel_directory, config_settings, metadata_directory)
+
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    stage_package()  # maturin reads the package layout from python-source
+    return maturin.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
 
 
 build_sdist = maturin.build_sdist
 get_requires_for_build_wheel = maturin.get_requires_for_build_wheel
 get_requires_for_build_editable = maturin.get_requires_for_build_wheel
 get_requires_for_build_sdist = maturin.get_requires_for_build_sdist
-
-
-def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
-    stage_package(linked=False)  # maturin reads the package layout from python-source
-    return maturin.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
-
-
-def prepare_metadata_for_build_editable(metadata_directory, config_settings=None):
-    stage_package(linked=True)
-    return maturin.prepare_metadata_for_build_wheel(metadata_directory, config_settings)
+prepare_metadata_for_build_editable = prepare_metadata_for_build_wheel

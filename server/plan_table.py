@@ -13,7 +13,7 @@ def _mib(n: int) -> str:
 def render_plan(load_plan: LoadPlan) -> str:
     plan, facts, kv = load_plan.plan, load_plan.facts, load_plan.kv
     if plan.gpus:
-        where = f"GPU {','.join(map(str, plan.gpus))} (-ngl -1)"
+        where = f"GPU {','.join(map(str, plan.gpus))} (every layer)"
     else:
         where = "CPU" if not plan.shares and plan.fits else "llama-server --fit on"
     rows = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,26 @@ def test_the_llamagate_command_runs_outside_the_checkout(tmp_path):
     done = subprocess.run([str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "serve" in done.stdout and "plan" in done.stdout
+
+
+def test_a_wheel_holds_the_one_package_with_its_python_files(tmp_path):
+    """Built from this checkout, the wheel ships llamagate/ whole and nothing else
+    (maturin skips git-ignored files, and the staged package is git-ignored)."""
+    root = Path(__file__).resolve().parent.parent
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # maturin
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                           str(tmp_path), str(root)], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import zipfile
+
+    [wheel] = tmp_path.glob("llamagate-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"llamagate"}
+    for module in ("llamagate/__init__.py", "llamagate/domain/load_plan.py", "llamagate/server/cli.py",
+                   "llamagate/application/slot.py", "llamagate/adapters/llama_process.py",
+                   "llamagate/v1/llamagate_pb2.py", "llamagate/rust_ext/__init__.py"):
+        assert module in names
+    assert any(name.startswith("llamagate/rust_ext/_native") and name.endswith(".so") for name in names)
+    assert not any("__pycache__" in name or name.endswith(".rs") for name in names)
+    assert (root / ".pkg" / "llamagate" / "domain").is_symlink()  # the checkout's editable install still works

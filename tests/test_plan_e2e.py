@@ -31,7 +31,7 @@ def test_plan_on_smollm2_with_a_simulated_gpu_prints_the_kv_llama_server_allocat
     table = plan_cli(str(smollm2_path), "--gpus", "0:8000")
 
     kv_bytes = int(re.search(r"KV cache\s+([\d,]+) bytes", table)[1].replace(",", ""))
-    assert re.search(r"context\s+8192 ", table) and "GPU 0 (-ngl -1)" in table
+    assert re.search(r"context\s+8192 ", table) and "GPU 0 (every layer)" in table
     measured = server_memory(find_llama_server(os.environ, cache_dir), smollm2_path, context=8192, parallel=1).kv_role("main")
     assert measured is not None
     assert abs(kv_bytes / MIB - (measured.k_mib + measured.v_mib)) < 0.01
