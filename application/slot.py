@@ -32,6 +32,7 @@ from llamagate.domain.errors import (
     Aborted,
     Cancelled,
     EngineFailed,
+    Internal,
     LlamagateError,
     NoModelLoaded,
 )
@@ -226,7 +227,8 @@ class ModelSlot:
                 return
             job.end(Cancelled(f"the load of {prepared.model_id} was cancelled by its caller"))
             await self._recover(previous, "the load was cancelled", cancelled=True)
-        except LlamagateError as error:
+        except Exception as failure:  # noqa: BLE001 - a bug too must leave the slot consistent
+            error = failure if isinstance(failure, LlamagateError) else _internal(failure, prepared)
             await self._stop_engine(Aborted(f"the load of {prepared.model_id} failed"))
             restore = previous if previous is not None and previous != prepared else None
             if restore is not None:
@@ -384,6 +386,11 @@ def _uncancel() -> None:
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
+
+
+def _internal(failure: Exception, prepared: Prepared) -> Internal:
+    log.error("the load of %s failed unexpectedly", prepared.model_id, exc_info=failure)
+    return Internal(f"the load of {prepared.model_id} failed unexpectedly: {failure!r}")
 
 
 def _log_event(event: LoadEvent) -> None:

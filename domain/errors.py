@@ -58,3 +58,7 @@ class Aborted(LlamagateError):
 
 class Cancelled(LlamagateError):
     """Work stopped because whoever asked for it went away."""
+
+
+class Internal(LlamagateError):
+    """A bug: something failed that no rule foresaw. The message says what."""

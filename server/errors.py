@@ -18,6 +18,7 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.Superseded: grpc.StatusCode.CANCELLED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Aborted: grpc.StatusCode.ABORTED,  # the service ended it (unload, replacement): retry
+    errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
 

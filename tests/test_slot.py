@@ -28,6 +28,7 @@ from llamagate.domain.errors import (
     Cancelled,
     EngineFailed,
     EngineNotFound,
+    Internal,
     InvalidArgument,
     LlamagateError,
     NoModelLoaded,
@@ -552,3 +553,19 @@ def test_a_cancelled_plan_raises_cancelled_inside_the_planner():
 
     with pytest.raises(Cancelled):
         plan_load(model_facts(A), LoadOptions(), [], 16 << 30, should_stop=lambda: True)
+
+
+def test_a_bug_during_a_load_is_an_internal_error_and_leaves_the_slot_consistent():
+    async def story(w: World) -> None:
+        await w.load(A)
+        w.launcher.launch_error = RuntimeError("a bug in the launcher")
+
+        error = await error_of(w.load(B))
+        await w.settle()
+
+        assert isinstance(error, Internal) and "a bug in the launcher" in str(error)
+        assert "being started again" in str(error)
+        assert w.slot.status().state is ModelState.READY and w.slot.status().path == A
+        assert [e.pid for e in w.launcher.alive()] == [w.slot.status().pid]
+
+    run(story)
