@@ -187,18 +187,18 @@ def test_simultaneous_loads_leave_exactly_one_child_and_the_others_superseded():
 
 def test_a_request_that_arrived_later_wins_even_when_it_is_ready_first():
     async def story(w: World) -> None:
-        gate = threading.Event()
-        slow_inspect = w.inspector.inspect
+        entered, gate = threading.Event(), threading.Event()
+        real_inspect = w.inspector.inspect
 
         def inspect(path: str):  # A's header read is slow (a cold disk)
             if path == A:
+                entered.set()
                 gate.wait(5)
-            return slow_inspect(path)
+            return real_inspect(path)
 
         w.inspector.inspect = inspect  # type: ignore[method-assign]
         first = asyncio.create_task(w.load(A))
-        await until(lambda: A in w.inspector.calls or not first.done())
-        await asyncio.sleep(0.01)
+        await asyncio.to_thread(entered.wait, 5)  # A has arrived and is reading
         await w.load(B)
         gate.set()
         error = await error_of(first)
