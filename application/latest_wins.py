@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 class Operation:
     name: str
     body: Callable[[Operation], Coroutine[Any, Any, None]]
-    dropped: Callable[[], None] = lambda: None  # called instead of the body when it never started
+    dropped: Callable[[], None] = lambda: None  # called when the body never ran (must be idempotent)
     superseded: bool = False
     abandoned: bool = False
     finished: asyncio.Event = field(default_factory=asyncio.Event)
@@ -82,7 +82,9 @@ class LatestWins:
                 self._next, self._current = None, op
                 op._task = asyncio.create_task(op.body(op), name=op.name)
                 await asyncio.wait({op._task})
-                if not op._task.cancelled() and (error := op._task.exception()) is not None:
+                if op._task.cancelled():  # cancelled before its body ran: it never got to say so
+                    op.dropped()
+                elif (error := op._task.exception()) is not None:
                     log.error("%s failed unexpectedly", op.name, exc_info=error)
                 self._current = None
                 op.finished.set()
