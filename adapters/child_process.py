@@ -5,11 +5,12 @@ sandboxes and RPC workers later (SPEC §8, §11).
   whatever it started.
 - Its stdout and stderr are drained for its whole life (a full pipe would
   block it) into a bounded tail of its last lines, for error messages.
-- It dies with its parent (``PR_SET_PDEATHSIG``), so a SIGKILLed llamagate
+- It dies with its parent (``PR_SET_PDEATHSIG``, set by util-linux's
+  ``setpriv`` just before it execs the program), so a SIGKILLed llamagate
   leaves nothing running. And it is recorded in a pidfile registry
   (``adapters/orphans``) while it runs, so a later llamagate finds whatever
-  survived anyway (a child that cleared the signal, as exec'ing a
-  set-user-ID program does), whoever its parent is by then.
+  survived anyway (no setpriv, a parent that died before the signal was
+  set, a child that cleared it), whoever its parent is by then.
 - Exit callbacks run whenever it ends, stopped by us or crashed.
 """
 
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import logging
 import os
+import shutil
 import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from llamagate.adapters.orphans import kill_stale_children, record_child
 
-__all__ = ["ChildExit", "ChildProcess", "ChildState", "die_with_parent", "kill_stale_children"]
+__all__ = ["ChildExit", "ChildProcess", "ChildState", "kill_stale_children"]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,12 @@ _READ_CHUNK = 65536
 _EXIT_POLL_S = 0.02
 _DRAIN_AFTER_EXIT_S = 1.0  # time to collect a dead child's last words
 
-# Bound now, in the parent: the preexec function runs between fork and exec,
-# where looking a symbol up (dlsym, allocation) is not safe.
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_prctl.restype = ctypes.c_int
+# Not a preexec function calling prctl: Python code between fork and exec in
+# a process with threads (gRPC's) can deadlock or crash the child -- seen
+# here as a SIGSEGV at spawn. setpriv sets the signal in the child, then execs.
+_SETPRIV = shutil.which("setpriv")
+if _SETPRIV is None:
+    log.warning("setpriv (util-linux) not found: a child outlives a SIGKILLed llamagate until its next start")
 
 
 class ChildState(enum.Enum):
@@ -73,22 +74,6 @@ class ChildExit:
             return f"killed by {signal.Signals(-self.returncode).name}"
         except ValueError:
             return f"killed by signal {-self.returncode}"
-
-
-def die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """The preexec function: SIGKILL this child when the thread that forked it exits.
-
-    If that parent died between fork and prctl, the signal will never come:
-    the child notices it was re-parented and exits at once.
-    """
-
-    def preexec() -> None:
-        if _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent_pid:
-            os._exit(1)  # nobody is left to report to
-
-    return preexec
 
 
 class ChildProcess:
@@ -123,15 +108,17 @@ class ChildProcess:
         on_exit: Sequence[Callable[[], None]] = (),
         tail_lines: int = TAIL_LINES,
     ) -> ChildProcess:
-        """Start ``argv``. Raises OSError if it cannot be executed
-        (SubprocessError if it could not be made to die with its parent).
+        """Start ``argv``. Raises OSError if it cannot be started (a program that
+        setpriv cannot exec ends at once instead, saying why in its output).
 
         Call it from the event loop's thread, never through
         ``asyncio.to_thread``: PR_SET_PDEATHSIG fires when the *thread* that
         forked exits, so a child forked by a worker thread would be killed
         whenever that thread is retired. (asyncio forks in the loop thread.)
         """
+        dies_with_us = [_SETPRIV, "--pdeathsig", "KILL", "--"] if _SETPRIV else []
         process = await asyncio.create_subprocess_exec(
+            *dies_with_us,
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -139,7 +126,6 @@ class ChildProcess:
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,  # its own process group: we stop the whole group
-            preexec_fn=die_with_parent(os.getpid()),
         )
         cleanups = list(on_exit)
         if registry_dir is not None:

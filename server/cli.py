@@ -18,10 +18,6 @@ _EPILOG = ("Environment: LLAMAGATE_ADDRESS (default address), LLAMA_SERVER_PATH,
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Children are started with a preexec function (to die with us), so
-    # Python forks rather than spawns; gRPC's fork handlers would then log
-    # at every launch. Children exec at once and never use gRPC: off.
-    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     try:
         settings = Settings.from_env(os.environ)  # the one read of the environment
     except ValueError as error:

@@ -185,13 +185,17 @@ def test_a_child_that_exits_leaving_a_grandchild_is_seen_to_end():
     assert run(scenario()).how == "exit code 4"
 
 
-def test_an_executable_that_cannot_run_raises_oserror(tmp_path):
+def test_an_executable_that_cannot_run_ends_at_once_saying_so(tmp_path):
     broken = tmp_path / "not-a-program"
     broken.write_bytes(b"\x7fELF not really")
     broken.chmod(0o755)
 
-    with pytest.raises(OSError):
-        run(ChildProcess.spawn([str(broken)]))
+    async def scenario():
+        child = await ChildProcess.spawn([str(broken)])
+        return await child.wait_exit()
+
+    ended = run(scenario())
+    assert ended.returncode != 0 and str(broken) in ended.last_output
 
 
 # --- dying with the parent, and the registry (defect 10) -------------------------

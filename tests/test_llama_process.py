@@ -219,16 +219,22 @@ def test_a_child_that_never_gets_healthy_is_stopped_at_the_health_timeout(tmp_pa
     assert gone(pid) and read_records(registry) == []
 
 
-def test_a_binary_that_cannot_run_is_engine_failed_naming_it_at_launch(tmp_path, registry):
+def test_a_binary_that_cannot_run_is_engine_failed_naming_it(tmp_path, registry):
     broken = tmp_path / "llama-server"
     broken.write_bytes(b"\x7fELF not really")
     broken.chmod(0o755)
     launcher = LlamaServerLauncher(lambda: broken, registry_dir=registry, env=os.environ)
     before = set(Path(tempfile.gettempdir()).glob("llamagate-template-*"))
 
+    async def start() -> None:
+        engine = await launcher.launch(LaunchSpec("/m.gguf", 512, chat_template=TEMPLATE))
+        async for _ in engine.wait_ready():  # it cannot be exec'd: it ends at once
+            pass
+
     with pytest.raises(EngineFailed, match=str(broken)):
-        asyncio.run(launcher.launch(LaunchSpec("/m.gguf", 512, chat_template=TEMPLATE)))
+        asyncio.run(start())
     assert set(Path(tempfile.gettempdir()).glob("llamagate-template-*")) <= before
+    assert read_records(registry) == []
 
 
 # --- defect 2: the preflight ----------------------------------------------------------
