@@ -102,3 +102,22 @@ def test_every_import_of_the_project_names_the_installed_package():
     bare = {str(m.relative_to(ROOT)): sorted({n for n in imported(m.read_text()) if n.split(".")[0] in LAYERS})
             for m in sources}
     assert {k: v for k, v in bare.items() if v} == {}
+
+
+def test_domain_modules_import_each_other_without_a_cycle():
+    """model.py used to close a cycle (model -> load_plan -> kv_cache -> model)."""
+    graph = {m.stem: {name.split(".")[2] for name in imported(m.read_text())
+                      if name.startswith("llamagate.domain.") and name.count(".") >= 2}
+             for m in modules("domain")}
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, f"import cycle: {' -> '.join((*path, module))}"
+        if module not in done:
+            for needed in graph.get(module, ()):
+                visit(needed, (*path, module))
+            done.add(module)
+
+    for module in graph:
+        visit(module, ())
+    assert len(done) >= 15
