@@ -8,7 +8,7 @@ sandboxes and RPC workers later (SPEC §8, §11).
 - It dies with its parent (``PR_SET_PDEATHSIG``, set by util-linux's
   ``setpriv`` just before it execs the program), so a SIGKILLed llamagate
   leaves nothing running. And it is recorded in a pidfile registry
-  (``adapters/orphans``) while it runs, so a later llamagate finds whatever
+  (``adapters/child_registry``) while it runs, so a later llamagate finds whatever
   survived anyway (no setpriv, a parent that died before the signal was
   set, a child that cleared it), whoever its parent is by then.
 - Exit callbacks run whenever it ends, stopped by us or crashed.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamagate.adapters.orphans import kill_stale_children, record_child
+from llamagate.adapters.child_registry import kill_stale_children, record_child
 
 __all__ = ["ChildExit", "ChildProcess", "ChildState", "kill_stale_children"]
 

@@ -24,7 +24,7 @@ from llamagate.adapters.child_process import (
     ChildProcess,
     ChildState,
 )
-from llamagate.adapters.orphans import kill_stale_children, read_records
+from llamagate.adapters.child_registry import kill_stale_children, read_records
 
 # The script says "ready" once its traps are set: signals sent before that
 # would meet the shell's default handlers and prove nothing.

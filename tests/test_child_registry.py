@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from llamagate.adapters.orphans import (
+from llamagate.adapters.child_registry import (
     ChildRecord,
     boot_id,
     create_time,
