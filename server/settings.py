@@ -21,10 +21,10 @@ MIB = 1 << 20
 class Settings:
     address: str = DEFAULT_ADDRESS  # LLAMAGATE_ADDRESS: where serve listens and clients call
     cache_dir: Path = field(default_factory=lambda: platformdirs.user_cache_path("llamagate"))  # LLAMAGATE_CACHE_DIR
-    llama_server_path: str = ""  # LLAMA_SERVER_PATH: this binary, nothing else
     llama_cpp_dir: str = ""  # LLAMA_CPP_DIR: a llama.cpp install to take llama-server from
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_MB * MIB  # LLAMAGATE_MAX_MESSAGE_MB: largest request accepted
-    env: Mapping[str, str] = field(default_factory=dict)  # what children inherit; GPU visibility masks
+    # what children inherit, the GPU visibility masks, and LLAMA_SERVER_PATH / PATH for engine discovery
+    env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -33,7 +33,6 @@ class Settings:
         return cls(
             address=env.get("LLAMAGATE_ADDRESS") or DEFAULT_ADDRESS,
             cache_dir=Path(cache).expanduser() if cache else platformdirs.user_cache_path("llamagate"),
-            llama_server_path=env.get("LLAMA_SERVER_PATH", ""),
             llama_cpp_dir=env.get("LLAMA_CPP_DIR", ""),
             max_message_bytes=_megabytes(env, "LLAMAGATE_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB) * MIB,
             env=dict(env),
