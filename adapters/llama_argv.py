@@ -46,7 +46,10 @@ def server_arguments(spec: LaunchSpec, *, port: int, template_file: str | None) 
         "--threads", str(spec.threads if spec.threads > 0 else -1),  # -1: llama-server decides
         "--cache-type-k", spec.cache_type.value,
         "--cache-type-v", spec.cache_type.value,
+        "--slots",  # the watchdog's liveness probe; answered between and during decodes
     ]  # fmt: skip
+    if spec.batch_size:  # one decode's tokens: llama-server acts on a cancel only between decodes
+        args += ["--batch-size", str(spec.batch_size), "--ubatch-size", str(spec.batch_size)]
     # Planned GPUs hold every layer, as planned: "-ngl all" (in this llama.cpp
     # "-1" means "auto", which --fit, on by default, would rework). Otherwise
     # llama-server's --fit places what fits.

@@ -16,6 +16,7 @@ from typing import Final
 
 import httpx
 
+from llamagate.domain.batching import PromptStep
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import (
     CallMessage,
@@ -94,6 +95,18 @@ class LlamaHttpClient:
             props = None
         return capabilities_from_props(props)
 
+    async def responsive(self, timeout: float) -> bool:
+        """``/slots`` answers 200 within ``timeout``: its main loop is alive.
+
+        ``/health`` would not do: the HTTP threads answer it alone, so a
+        deadlocked main loop still looks healthy. ``/slots`` is served by the
+        main loop, also while it decodes (llama-server answers it from its
+        worker thread then)."""
+        try:
+            return (await self._client.get("/slots", timeout=timeout)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     async def healthy(self) -> bool:
         """``/health`` answers 200 (the model is loaded); False while it cannot say."""
         try:
@@ -112,6 +125,10 @@ def chat_body(call: ChatCall) -> dict[str, object]:
         "messages": [_message_json(m) for m in call.messages],
         "stream": True,
         "stream_options": {"include_usage": True},
+        # A progress chunk after every decode of the prompt: llama-server
+        # notices a closed connection only when it has something to write,
+        # so without these a cancel waits until the whole prompt is done.
+        "return_progress": True,
         "temperature": s.temperature,
         "top_p": s.top_p,
         "top_k": s.top_k,
@@ -172,6 +189,7 @@ def chunk_from_json(payload: Mapping[str, object]) -> ChatChunk:
         finish_reason=finish_reason(choice.get("finish_reason")),
         usage=_usage(payload.get("usage")),
         timings=_timings(payload.get("timings")),
+        progress=_progress(payload.get("prompt_progress")),
     )
 
 
@@ -193,6 +211,13 @@ def _usage(raw: object) -> Usage | None:
         completion_tokens=_int(raw.get("completion_tokens")),
         total_tokens=_int(raw.get("total_tokens")),
     )
+
+
+def _progress(raw: object) -> PromptStep | None:
+    """``prompt_progress``: tokens in the slot so far, ms since the prompt began."""
+    if not isinstance(raw, dict):
+        return None
+    return PromptStep(processed=_int(raw.get("processed")), elapsed_ms=_float(raw.get("time_ms")))
 
 
 def _timings(raw: object) -> Timings | None:

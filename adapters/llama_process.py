@@ -42,7 +42,7 @@ class LlamaServerLauncher:
         env: Mapping[str, str],
         health_timeout: float = 600.0,
         stop_grace: float = 5.0,
-        poll_interval: float = 0.1,
+        poll_interval: float = 0.01,  # readiness: at most this much added to a load
     ) -> None:
         self._find_binary = find_binary
         self._registry_dir = registry_dir
@@ -161,11 +161,14 @@ class LlamaServerProcess:
         # Another process could take a dead child's port: ask only while ours lives.
         return not self._child.exited and await self._http.healthy()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
         try:
-            await self._child.stop(self._stop_grace)
+            await self._child.stop(self._stop_grace if grace is None else grace)
         finally:
             await self._http.aclose()
+
+    async def responsive(self, timeout: float) -> bool:
+        return not self._child.exited and await self._http.responsive(timeout)
 
     async def wait_exit(self) -> EngineExit:
         ended = await self._child.wait_exit()

@@ -71,6 +71,15 @@ class LatestWins:
             self._worker = asyncio.create_task(self._work(), name="slot-operations")
         return op
 
+    def submit_background(self, op: Operation) -> bool:
+        """Run ``op`` only if nothing runs or waits; any later request cancels
+        it, and it never makes a request that arrived earlier fail. Returns
+        whether it was accepted."""
+        if self._current is not None or self._next is not None:
+            return False
+        self.submit(self._accepted, op)
+        return True
+
     async def idle(self) -> None:
         """Return once nothing runs or waits to run."""
         while (worker := self._worker) is not None:

@@ -24,8 +24,11 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 
+from llamagate.application.admission import Admission
 from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
+from llamagate.application.watchdog import Watchdog
+from llamagate.domain.batching import blend_speed, decode_budget_s
 from llamagate.domain.capabilities import merge_server_caps
 from llamagate.domain.chat import GenerateEvent, GenerateRequest
 from llamagate.domain.errors import (
@@ -35,10 +38,11 @@ from llamagate.domain.errors import (
     Internal,
     LlamagateError,
     NoModelLoaded,
+    NotReady,
 )
 from llamagate.domain.generation import StreamFolder, chat_call, validate
 from llamagate.domain.gpus import GpuInfo
-from llamagate.domain.launch import check_load_options, launch_from_plan
+from llamagate.domain.launch import LaunchSpec, check_load_options, launch_from_plan
 from llamagate.domain.load_options import LoadOptions
 from llamagate.domain.load_plan import LoadPlan, plan_load
 from llamagate.domain.model_facts import ModelFacts
@@ -50,6 +54,7 @@ from llamagate.domain.ports import (
     MemoryProbe,
     ModelInspector,
 )
+from llamagate.domain.restart_policy import RestartPolicy, failures_in_a_row, restart_delay
 from llamagate.domain.shards import model_id
 
 log = logging.getLogger(__name__)
@@ -58,6 +63,18 @@ StateListener = Callable[[ModelInfo], Awaitable[None] | None]
 
 # How long a generation whose stream broke waits to learn whether the engine died.
 _EXIT_NEWS_WAIT = 1.0
+# A frozen engine gets this long to act on SIGTERM (it is resumed first) before SIGKILL.
+_FROZEN_STOP_GRACE = 1.0
+# The retry hint while a load or a restart is under way and nothing better is known.
+_LOADING_RETRY_S = 1.0
+
+
+@dataclass(frozen=True)
+class SlotSettings:
+    queue_size: int = 8  # generations that may wait for a busy slot; more are refused
+    restart: RestartPolicy = RestartPolicy()
+    watchdog: Watchdog = Watchdog()
+    cancel_within_s: float = 1.0  # the bound the batch size is chosen for; 0: the engine's default batch
 
 
 @dataclass(frozen=True)
@@ -87,17 +104,26 @@ class _Generation:
 
 
 class ModelSlot:
-    def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe) -> None:
+    def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe,
+                 settings: SlotSettings | None = None) -> None:
         self._inspector = inspector
         self._launcher = launcher
         self._memory = memory
+        self._settings = settings or SlotSettings()
         self._ops = LatestWins()
         self._state = ModelState.EMPTY
         self._info = ModelInfo()
         self._last_error = ""
         self._engine: EngineProcess | None = None  # set whenever a child may be alive
         self._restore_point: Prepared | None = None  # the model last READY, unless unloaded since
-        self._exit_watch: asyncio.Task[None] | None = None
+        self._exit_watch: asyncio.Task[None] | None = None  # the READY engine's supervisor
+        self._admission: Admission | None = None  # the READY engine's slots and queue
+        self._launched: tuple[Prepared, ModelInfo, LaunchSpec] | None = None  # what a restart starts again
+        self._ready_at = 0.0
+        self._failures = 0  # engine failures in a row (restart policy)
+        self._restarts = 0  # restarts since the last load by a caller
+        self._restart_pending = False
+        self._prompt_speeds: dict[tuple[str, tuple[int, ...]], float] = {}  # slowest prompt tokens/s seen
         self._generations: set[_Generation] = set()
         self._listeners: list[StateListener] = []
         self._announcing: asyncio.Task[None] | None = None
@@ -105,7 +131,7 @@ class ModelSlot:
     # ------------------------------------------------------------------ reading
 
     def status(self) -> ModelInfo:
-        return replace(self._info, state=self._state, last_error=self._last_error)
+        return replace(self._info, state=self._state, last_error=self._last_error, restarts=self._restarts)
 
     def on_change(self, listener: StateListener) -> None:
         """Call ``listener(status)`` (or await it) after every change of state or
@@ -160,6 +186,9 @@ class ModelSlot:
                 log.exception("model slot listener failed")
 
     def _end_generations(self, abort: LlamagateError) -> None:
+        if self._admission is not None:  # those still queued too
+            self._admission.close(abort)
+            self._admission = None
         for generation in self._generations:  # one exception object each: they are raised in different tasks
             generation.abort = generation.abort or type(abort)(*abort.args)
 
@@ -215,6 +244,7 @@ class ModelSlot:
 
     async def _load_op(self, op: Operation, job: LoadJob, prepared: Prepared) -> None:
         previous = self._restore_point
+        self._restarts = self._failures = 0  # a caller's load starts the count again
         try:
             await self._stop_engine(Aborted(f"model {self._info.id} was replaced by a later load of "
                                             f"{prepared.model_id}"))
@@ -238,22 +268,32 @@ class ModelSlot:
         finally:
             job.superseded()  # a no-op once ended: only a load that ended no other way was superseded
 
-    async def _bring_up(self, prepared: Prepared, emit: Callable[[LoadEvent], None]) -> ModelInfo:
-        """LOADING → READY: plan with the memory free now, spawn, wait for health."""
-        self._transition(ModelState.LOADING, ModelInfo(id=prepared.model_id, path=prepared.facts.path))
-        load_plan = await self._plan(prepared, None)
-        info, spec = launch_from_plan(load_plan, prepared.options)
-        self._update_info(info)
-        emit(LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan))
+    async def _bring_up(self, prepared: Prepared, emit: Callable[[LoadEvent], None],
+                        launch: tuple[ModelInfo, LaunchSpec] | None = None) -> ModelInfo:
+        """LOADING → READY: plan with the memory free now (or start ``launch``
+        again, a restart), spawn, wait for health."""
+        if launch is None:
+            self._transition(ModelState.LOADING, ModelInfo(id=prepared.model_id, path=prepared.facts.path))
+            load_plan = await self._plan(prepared, None)
+            info, spec = launch_from_plan(load_plan, prepared.options, prompt_speed=self._prompt_speeds.get(
+                (prepared.facts.path, load_plan.plan.gpus)), decode_budget_s=decode_budget_s(
+                self._settings.cancel_within_s))
+            self._update_info(info)
+            emit(LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan))
+        else:
+            info, spec = launch
+            self._transition(ModelState.LOADING, info)
         engine = self._engine = await self._launcher.launch(spec)
         self._update_info(replace(info, pid=engine.pid))
         emit(LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self.status()))
         await self._await_health(engine, prepared.facts.size_bytes, emit)
         server_caps = await engine.chat.server_capabilities()
         ready = replace(self._info, capabilities=merge_server_caps(self._info.capabilities, server_caps))
-        self._transition(ModelState.READY, ready, error="")
-        self._restore_point = prepared
-        self._watch_exit(engine)
+        self._admission = Admission(spec.parallel, self._settings.queue_size)
+        self._transition(ModelState.READY, ready, error=None if launch else "")
+        self._restore_point, self._launched = prepared, (prepared, info, spec)
+        self._ready_at = asyncio.get_running_loop().time()
+        self._supervise(engine)
         await self.announced()  # health says SERVING before the caller hears READY
         total = prepared.facts.size_bytes
         emit(LoadEvent(LoadPhase.READY, f"{info.id} is ready", total, total, self.status()))
@@ -316,53 +356,137 @@ class ModelSlot:
         engine = self._engine
         if engine is None:
             return
-        if self._state is not ModelState.STOPPING:
+        if self._state in (ModelState.READY, ModelState.LOADING):
             self._transition(ModelState.STOPPING, abort=abort)
         if self._exit_watch is not None:
             self._exit_watch.cancel()
         await engine.stop()
         self._engine = None
 
-    def _watch_exit(self, engine: EngineProcess) -> None:
-        """A READY child that dies on its own (OOM killer, crash) fails the slot."""
-        async def watch() -> None:
-            how = await engine.wait_exit()
-            if self._engine is engine and self._state is ModelState.READY:
-                self._engine = None
-                why = f"llama-server exited unexpectedly ({how.how}); load the model again"
-                self._transition(ModelState.FAILED, replace(self._info, pid=0), error=why,
-                                 abort=EngineFailed(f"llama-server exited unexpectedly during the generation "
-                                                    f"({how.describe()})"))
-        self._exit_watch = asyncio.create_task(watch(), name=f"exit watch of {engine.pid}")
+    # ------------------------------------------------------------------ failures and restarts
+
+    def _supervise(self, engine: EngineProcess) -> None:
+        """A READY child that dies (OOM killer, crash) or stops answering
+        (SIGSTOP, a deadlock) fails the slot; the restart policy decides what next."""
+        async def supervise() -> None:
+            exited = asyncio.ensure_future(engine.wait_exit())
+            frozen = asyncio.ensure_future(self._settings.watchdog.watch(engine.responsive))
+            try:
+                await asyncio.wait({exited, frozen}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                exited.cancel()
+                frozen.cancel()
+            if self._engine is not engine or self._state is not ModelState.READY:
+                return
+            if exited.done() and not exited.cancelled():
+                how = exited.result()
+                why = f"llama-server exited unexpectedly ({how.how})"
+                abort = EngineFailed(f"llama-server exited unexpectedly during the generation ({how.describe()})")
+            else:
+                why = f"llama-server stopped answering (no reply for {frozen.result():.1f} s)"
+                abort = EngineFailed("llama-server stopped answering during the generation; it is being restarted")
+            await self._engine_failed(engine, why, abort)
+        self._exit_watch = asyncio.create_task(supervise(), name=f"supervisor of {engine.pid}")
+
+    async def _engine_failed(self, engine: EngineProcess, why: str, abort: LlamagateError) -> None:
+        """READY → FAILED: end what runs, stop the child, restart it if the policy allows."""
+        served = asyncio.get_running_loop().time() - self._ready_at
+        self._failures = failures_in_a_row(self._settings.restart, self._failures, served)
+        delay = restart_delay(self._settings.restart, self._failures)
+        self._engine = None
+        self._transition(ModelState.FAILED, replace(self._info, pid=0), error=self._failure_text(why, delay),
+                         abort=abort)
+        if delay is not None:
+            self._schedule_restart(delay)
+        await engine.stop(grace=_FROZEN_STOP_GRACE)  # a frozen child still lives
+
+    def _failure_text(self, why: str, delay: float | None) -> str:
+        policy = self._settings.restart
+        if delay is not None:
+            return f"{why}; restarting in {delay:g} s (restart {self._failures} of at most {policy.max_restarts})"
+        if not policy.enabled:
+            return f"{why}; restarts are off (LLAMAGATE_RESTART): load the model again"
+        return (f"{why}; gave up after {policy.max_restarts} restart(s) in a row (LLAMAGATE_RESTART_MAX): "
+                f"load the model again")
+
+    def _schedule_restart(self, delay: float) -> None:
+        """A restart runs as an operation, in the background: it never takes
+        precedence over a LoadModel or UnloadModel, and any later one cancels it."""
+        launched = self._launched
+        if launched is None:
+            return
+        op = Operation(f"restart of {launched[0].model_id}", lambda op: self._restart_op(launched, delay),
+                       dropped=self._restart_ended)
+        self._restart_pending = self._ops.submit_background(op)
+
+    def _restart_ended(self) -> None:
+        self._restart_pending = False
+
+    async def _restart_op(self, launched: tuple[Prepared, ModelInfo, LaunchSpec], delay: float | None) -> None:
+        """FAILED → LOADING → READY with the same launch, retried while the policy allows."""
+        prepared, info, spec = launched
+        try:
+            while delay is not None:
+                await asyncio.sleep(delay)
+                self._restarts += 1
+                try:
+                    await self._bring_up(prepared, _log_event, launch=(info, spec))
+                    return
+                except LlamagateError as error:
+                    await self._stop_engine(Aborted(f"the restart of {prepared.model_id} failed"))
+                    self._failures += 1
+                    delay = restart_delay(self._settings.restart, self._failures)
+                    why = f"starting {prepared.model_id} again failed: {error}"
+                    self._transition(ModelState.FAILED, replace(self._info, pid=0),
+                                     error=self._failure_text(why, delay))
+        except asyncio.CancelledError:
+            _uncancel()  # a LoadModel or UnloadModel took over; it decides what comes next
+            await self._stop_engine(Aborted(f"the restart of {prepared.model_id} was superseded"))
+        finally:
+            self._restart_ended()
 
     async def close(self) -> None:
         """Stop everything (service shutdown)."""
         await self.unload()
+        if self._exit_watch is not None:  # it may still be killing a frozen child
+            await asyncio.wait({self._exit_watch})
 
     # ------------------------------------------------------------------ generate
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateEvent, None]:
-        engine, info = self._engine, self.status()
-        if self._state is not ModelState.READY or engine is None:
-            raise NoModelLoaded(self._not_ready_message())
+        engine, info, admission = self._engine, self.status(), self._admission
+        if self._state is not ModelState.READY or engine is None or admission is None:
+            raise self._not_ready()
         validate(request, info.capabilities)
         call = chat_call(request, info.capabilities, info.context_length)
         generation = _Generation()
         self._generations.add(generation)
-        folder = StreamFolder()
+        folder = StreamFolder(max_tokens=call.max_tokens)
         try:
-            try:
-                async for chunk in engine.chat.stream_chat(call):
-                    if generation.abort is not None:
-                        raise generation.abort
-                    for event in folder.feed(chunk):
-                        yield event
-            except EngineFailed as error:
-                raise await self._why_stream_broke(generation, error) from error
-            for event in folder.finish():
-                yield event
+            async with admission.slot():  # Overloaded when the queue is full; waits here otherwise
+                if generation.abort is not None:  # the model stopped while we waited
+                    raise generation.abort
+                try:
+                    async for chunk in engine.chat.stream_chat(call):
+                        if generation.abort is not None:
+                            raise generation.abort
+                        for event in folder.feed(chunk):
+                            yield event
+                except EngineFailed as error:
+                    raise await self._why_stream_broke(generation, error) from error
+                self._learn_prompt_speed(info, folder)
+                for event in folder.finish():
+                    yield event
         finally:
             self._generations.discard(generation)
+
+    def _learn_prompt_speed(self, info: ModelInfo, folder: StreamFolder) -> None:
+        """The next start of this model (a restart, a reload) sizes its batch from it."""
+        launched = self._launched
+        if folder.slowest_prompt_speed is None or launched is None or launched[0].facts.path != info.path:
+            return
+        key = (info.path, launched[2].gpus)
+        self._prompt_speeds[key] = blend_speed(self._prompt_speeds.get(key), folder.slowest_prompt_speed)
 
     async def _why_stream_broke(self, generation: _Generation, error: EngineFailed) -> LlamagateError:
         """A broken stream is often the first news of a stop or a crash: say which."""
@@ -370,15 +494,18 @@ class ModelSlot:
             await asyncio.wait({self._exit_watch}, timeout=_EXIT_NEWS_WAIT)
         return generation.abort or error
 
-    def _not_ready_message(self) -> str:
+    def _not_ready(self) -> LlamagateError:
+        """Why a generation cannot start now; retryable (UNAVAILABLE) while a load or restart runs."""
         info = self.status()
         if self._state is ModelState.LOADING:
-            return f"model {info.id} is still loading; wait for LoadModel to report READY"
+            return NotReady(f"model {info.id} is loading; retry shortly", retry_after_s=_LOADING_RETRY_S)
+        if self._state is ModelState.FAILED and self._restart_pending:
+            return NotReady(f"model {info.id} is being restarted: {info.last_error}", retry_after_s=_LOADING_RETRY_S)
         if self._state is ModelState.STOPPING:
-            return f"model {info.id} is being stopped"
+            return NoModelLoaded(f"model {info.id} is being stopped")
         if self._state is ModelState.FAILED:
-            return info.last_error or f"model {info.id} failed"
-        return "no model is loaded; call LoadModel first"
+            return NoModelLoaded(info.last_error or f"model {info.id} failed")
+        return NoModelLoaded("no model is loaded; call LoadModel first")
 
 
 def _uncancel() -> None:

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamagate.domain.batching import PromptStep
+
 
 class Role(enum.Enum):
     SYSTEM = "system"
@@ -67,8 +69,9 @@ class GenerateRequest:
 
 class FinishReason(enum.Enum):
     STOP = "stop"
-    LENGTH = "length"
+    LENGTH = "length"  # max_tokens reached
     TOOL_CALLS = "tool_calls"
+    CONTEXT_LIMIT = "context_limit"  # the slot's context filled up before max_tokens
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class ChatChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    progress: PromptStep | None = None  # prompt processing: one more decode done
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 
 class LlamagateError(Exception):
-    """Base class: every error the service reports on purpose."""
+    """Base class: every error the service reports on purpose.
+
+    ``retry_after_s`` is set when trying again later can succeed, with how
+    long to wait (the gRPC edge sends it as a RetryInfo detail).
+    """
+
+    retry_after_s: float | None = None
+
+    def __init__(self, *args: object, retry_after_s: float | None = None) -> None:
+        super().__init__(*args)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class InvalidArgument(LlamagateError):
@@ -21,6 +32,14 @@ class InvalidModel(LlamagateError):
 
 class NoModelLoaded(LlamagateError):
     """The call needs a ready model and none is."""
+
+
+class NotReady(LlamagateError):
+    """The model is loading or being restarted: the same call succeeds shortly."""
+
+
+class Overloaded(LlamagateError):
+    """Every slot is busy and the queue is full: try later or elsewhere."""
 
 
 class EngineNotFound(LlamagateError):

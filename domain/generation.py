@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from llamagate.domain.batching import PromptStep, step_speed
 from llamagate.domain.capabilities import Capabilities, request_template_kwargs
 from llamagate.domain.chat import (
     CallMessage,
@@ -128,14 +129,19 @@ class StreamFolder:
 
     Keeps the last usage and timings seen (llama-server sends them late). A
     reply that reasoned but never produced content gets its reasoning as the
-    content, so a client that shows only content still sees an answer.
+    content, so a client that shows only content still sees an answer. A
+    length stop before ``max_tokens`` is the context filling up. Prompt
+    progress reports yield nothing; they give the slowest prompt speed seen.
     """
 
+    max_tokens: int = 0
     reasoning: list[str] = field(default_factory=list)
     saw_content: bool = False
     finish_reason: FinishReason = FinishReason.STOP
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
+    last_step: PromptStep | None = None
+    slowest_prompt_speed: float | None = None  # tokens/s of the slowest decode of the prompt
 
     def feed(self, chunk: ChatChunk) -> list[GenerateEvent]:
         events: list[GenerateEvent] = []
@@ -151,11 +157,25 @@ class StreamFolder:
             self.usage = chunk.usage
         if chunk.timings is not None:
             self.timings = chunk.timings
+        if chunk.progress is not None:
+            self._prompt_step(chunk.progress)
         return events
 
     def finish(self) -> list[GenerateEvent]:
         events: list[GenerateEvent] = []
         if self.reasoning and not self.saw_content:
             events.append(ContentDelta("".join(self.reasoning)))
-        events.append(Done(self.finish_reason, self.usage, self.timings))
+        events.append(Done(self._why_ended(), self.usage, self.timings))
         return events
+
+    def _why_ended(self) -> FinishReason:
+        made = self.usage.completion_tokens
+        if self.finish_reason is FinishReason.LENGTH and 0 < made < self.max_tokens:
+            return FinishReason.CONTEXT_LIMIT
+        return self.finish_reason
+
+    def _prompt_step(self, step: PromptStep) -> None:
+        if self.last_step is not None and (speed := step_speed(self.last_step, step)) is not None:
+            slowest = self.slowest_prompt_speed
+            self.slowest_prompt_speed = speed if slowest is None else min(slowest, speed)
+        self.last_step = step

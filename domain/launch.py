@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
+from llamagate.domain.batching import MAX_BATCH, batch_size
 from llamagate.domain.capabilities import (
     capabilities_from_template,
     launch_template_kwargs,
@@ -34,10 +35,17 @@ class LaunchSpec:
     template_kwargs: Mapping[str, bool | str] = field(default_factory=dict)  # the reasoning default (SPEC §3)
     speculative: Speculative = Speculative.OFF  # never used with a vision projector (SPEC §15)
     mmproj_path: str = ""
+    batch_size: int = 0  # prompt tokens per decode (logical and physical batch); 0 = the engine's default
 
 
-def launch_from_plan(load_plan: LoadPlan, options: LoadOptions) -> tuple[ModelInfo, LaunchSpec]:
-    """The ModelInfo a load will report and the launch that realises its plan."""
+def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *,
+                     prompt_speed: float | None = None, decode_budget_s: float = 0.0) -> tuple[ModelInfo, LaunchSpec]:
+    """The ModelInfo a load will report and the launch that realises its plan.
+
+    The batch is the caller's, else chosen from ``prompt_speed`` (the slowest
+    measured on this model, None before any) so one decode lasts at most
+    ``decode_budget_s``; a budget of 0 leaves the engine's default.
+    """
     facts, plan = load_plan.facts, load_plan.plan
     mid = model_id(PurePath(facts.path).name)
     template = options.chat_template or facts.chat_template
@@ -67,8 +75,17 @@ def launch_from_plan(load_plan: LoadPlan, options: LoadOptions) -> tuple[ModelIn
         template_kwargs=launch_template_kwargs(caps, mid),
         speculative=Speculative.OFF if options.mmproj_path else options.speculative,
         mmproj_path=options.mmproj_path,
+        batch_size=_batch(options, plan.gpus, prompt_speed, decode_budget_s),
     )
     return info, spec
+
+
+def _batch(options: LoadOptions, gpus: tuple[int, ...], prompt_speed: float | None, budget_s: float) -> int:
+    if options.batch_size:
+        return options.batch_size
+    if budget_s <= 0:
+        return 0
+    return batch_size(prompt_speed, budget_s, on_gpu=bool(gpus))
 
 
 def check_load_options(options: LoadOptions) -> None:
@@ -79,3 +96,5 @@ def check_load_options(options: LoadOptions) -> None:
         raise InvalidArgument(f"threads must be 0 (automatic) or positive, got {options.threads}")
     if options.context_length < 0:
         raise InvalidArgument(f"context_length must be 0 (automatic) or positive, got {options.context_length}")
+    if not 0 <= options.batch_size <= MAX_BATCH:
+        raise InvalidArgument(f"batch_size must be 0 (automatic) or 1..{MAX_BATCH}, got {options.batch_size}")

@@ -38,3 +38,4 @@ class LoadOptions:
     chat_template: str = ""
     speculative: Speculative = Speculative.OFF
     mmproj_path: str = ""
+    batch_size: int = 0  # prompt tokens per decode; 0 = chosen so a cancel takes effect quickly

@@ -25,7 +25,8 @@ class ModelInfo:
     parallel: int = 0
     has_chat_template: bool = False
     size_bytes: int = 0
-    last_error: str = ""  # FAILED: why
+    last_error: str = ""  # FAILED: why; after a restart, why it was needed
+    restarts: int = 0  # times the restart policy started the engine again since the load
 
 
 class LoadPhase(enum.Enum):

@@ -73,11 +73,17 @@ class EngineProcess(Protocol):
         """
         ...
 
-    async def stop(self) -> None:
-        """Ask it to stop, then kill it after a grace period; returns once it is gone.
+    async def stop(self, grace: float | None = None) -> None:
+        """Ask it to stop, then kill it after ``grace`` seconds (None: the
+        launcher's default); returns once it is gone.
 
         Idempotent. Cancelled mid-way, it kills the child at once and re-raises.
         """
+        ...
+
+    async def responsive(self, timeout: float) -> bool:
+        """Whether the running engine answers a request that its main loop
+        serves within ``timeout`` seconds (False when it cannot be reached)."""
         ...
 
     async def wait_exit(self) -> EngineExit:

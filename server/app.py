@@ -41,7 +41,7 @@ def build_slot(settings: Settings, memory: MemoryProbe | None = None) -> ModelSl
         return find_llama_server(settings.env, settings.cache_dir, settings.llama_cpp_dir or None)
 
     launcher = LlamaServerLauncher(find_binary, registry_dir=paths.children_dir(settings.cache_dir), env=settings.env)
-    return ModelSlot(GgufInspector(), launcher, memory or SystemMemory(settings.env))
+    return ModelSlot(GgufInspector(), launcher, memory or SystemMemory(settings.env), settings.slot)
 
 
 async def clean_stale_children(settings: Settings) -> list[int]:

@@ -66,6 +66,7 @@ _FINISH = {
     chat.FinishReason.STOP: pb.FINISH_REASON_STOP,
     chat.FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     chat.FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
+    chat.FinishReason.CONTEXT_LIMIT: pb.FINISH_REASON_CONTEXT_LIMIT,
 }
 
 
@@ -88,6 +89,7 @@ def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[st
         chat_template=o.chat_template,
         speculative=_enum(_SPECULATIVE, o.speculative, "options.speculative"),
         mmproj_path=o.mmproj_path,
+        batch_size=o.batch_size,
     )
 
 

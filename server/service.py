@@ -11,7 +11,7 @@ import grpc
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.errors import LlamagateError
 from llamagate.server import convert
-from llamagate.server.errors import status_for
+from llamagate.server.errors import status_for, trailing_details
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError) -> None:
     code = status_for(error)
     log.info("%s: %s", code.name, error)
-    await context.abort(code, str(error))
+    await context.abort(code, str(error), trailing_details(error))
 
 
 class LlamaGateService(pb_grpc.LlamaGateServicer):

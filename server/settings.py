@@ -12,6 +12,11 @@ from pathlib import Path
 
 import platformdirs
 
+from llamagate.application.slot import SlotSettings
+from llamagate.application.watchdog import Watchdog
+from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.restart_policy import RestartPolicy
+
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_MB = 64  # an image of a few MiB must fit; gRPC's own default is 4 MiB
 MIB = 1 << 20
@@ -23,6 +28,9 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: platformdirs.user_cache_path("llamagate"))  # LLAMAGATE_CACHE_DIR
     llama_cpp_dir: str = ""  # LLAMA_CPP_DIR: a llama.cpp install to take llama-server from
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_MB * MIB  # LLAMAGATE_MAX_MESSAGE_MB: largest request accepted
+    # queue, restart policy, watchdog, cancel bound: LLAMAGATE_QUEUE_SIZE, LLAMAGATE_RESTART,
+    # LLAMAGATE_RESTART_MAX, LLAMAGATE_RESTART_BACKOFF_MS, LLAMAGATE_WATCHDOG_MS, LLAMAGATE_CANCEL_WITHIN_MS
+    slot: SlotSettings = field(default_factory=SlotSettings)
     # what children inherit, the GPU visibility masks, and LLAMA_SERVER_PATH / PATH for engine discovery
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -35,14 +43,45 @@ class Settings:
             cache_dir=Path(cache).expanduser() if cache else platformdirs.user_cache_path("llamagate"),
             llama_cpp_dir=env.get("LLAMA_CPP_DIR", ""),
             max_message_bytes=_megabytes(env, "LLAMAGATE_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB) * MIB,
+            slot=slot_settings(env),
             env=dict(env),
         )
 
 
-def _megabytes(env: Mapping[str, str], name: str, default: int) -> int:
+def slot_settings(env: Mapping[str, str]) -> SlotSettings:
+    """Raises ValueError naming the variable when one is malformed."""
+    default = SlotSettings()
+    mode = env.get("LLAMAGATE_RESTART", "").strip() or "on-failure"
+    if mode not in ("on-failure", "never"):
+        raise ValueError(f"LLAMAGATE_RESTART must be on-failure or never, got {mode!r}")
+    backoff = _whole(env, "LLAMAGATE_RESTART_BACKOFF_MS", int(default.restart.backoff_s * 1000), 0, 600_000) / 1000
+    try:
+        restart = RestartPolicy(
+            enabled=mode == "on-failure",
+            max_restarts=_whole(env, "LLAMAGATE_RESTART_MAX", default.restart.max_restarts, 0, 1000),
+            backoff_s=backoff,
+            max_backoff_s=max(backoff, default.restart.max_backoff_s),
+        )
+    except InvalidArgument as error:
+        raise ValueError(str(error)) from error
+    silent_s = _whole(env, "LLAMAGATE_WATCHDOG_MS", int(default.watchdog.silent_after_s * 1000), 100, 3_600_000) / 1000
+    return SlotSettings(
+        queue_size=_whole(env, "LLAMAGATE_QUEUE_SIZE", default.queue_size, 0, 100_000),
+        restart=restart,
+        watchdog=Watchdog(interval_s=min(default.watchdog.interval_s, silent_s / 3), silent_after_s=silent_s),
+        cancel_within_s=_whole(env, "LLAMAGATE_CANCEL_WITHIN_MS", int(default.cancel_within_s * 1000), 0,
+                               600_000) / 1000,
+    )
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
-        raise ValueError(f"{name} must be a whole number of MiB between 1 and 1024, got {raw!r}")
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"{name} must be a whole number between {low} and {high}, got {raw!r}")
     return int(raw)
+
+
+def _megabytes(env: Mapping[str, str], name: str, default: int) -> int:
+    return _whole(env, name, default, 1, 1024)

@@ -110,6 +110,8 @@ class FakeEngine:
         self.chat: FakeChat = FakeChat(self)
         self.exit: EngineExit | None = None
         self.stops = 0
+        self.stop_graces: list[float | None] = []
+        self.frozen = False  # SIGSTOP: alive, but answers nothing
         self._exited = asyncio.Event()
         self._ready = ready  # None: healthy at once
         self._reject = reject  # non-empty: exits before it is healthy, saying this
@@ -123,6 +125,18 @@ class FakeEngine:
     def crash(self, how: str = "killed by SIGKILL") -> None:
         """Die on our own, as the OOM killer would have it."""
         self._end(how, "Killed")
+
+    def freeze(self) -> None:
+        """Stop answering while alive, as SIGSTOP or a deadlock would have it."""
+        self.frozen = True
+
+    async def responsive(self, timeout: float) -> bool:
+        if self.exit is not None:
+            return False
+        if self.frozen:
+            await asyncio.sleep(timeout)  # the request times out
+            return False
+        return True
 
     async def until_exit_or(self, event: asyncio.Event) -> None:
         waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._exited.wait())}
@@ -143,8 +157,9 @@ class FakeEngine:
             raise EngineFailed(f"llama-server exited ({self.exit.how}) before it was ready")
         yield 90 << 20
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
         self.stops += 1
+        self.stop_graces.append(grace)
         try:
             if self._stop_gate is not None and self.exit is None:
                 await self.until_exit_or(self._stop_gate)

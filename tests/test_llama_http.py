@@ -26,6 +26,7 @@ from llamagate.adapters.llama_http import (
     chunk_from_json,
     parse_sse_line,
 )
+from llamagate.domain.batching import PromptStep
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import (
     CallMessage,
@@ -138,6 +139,7 @@ def test_the_body_carries_every_spec_12_key():
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hi"}],
         "stream": True,
         "stream_options": {"include_usage": True},
+        "return_progress": True,  # so a cancel during the prompt is noticed at the next decode
         "temperature": 0.2,
         "top_p": 0.9,
         "top_k": 0,
@@ -534,3 +536,34 @@ def test_props_that_cannot_be_read_say_nothing():
         raise httpx.ConnectError("refused")
 
     assert props_of(refused) == ServerCapabilities()
+
+
+# --- prompt progress (issue 8) --------------------------------------------
+
+# Captured from llama-server (-b 64) with "return_progress": true: one chunk
+# per decode of the prompt, before the first token.
+PROGRESS_STREAM = (
+    b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],'
+    b'"object":"chat.completion.chunk","prompt_progress":{"total":200,"cache":0,"processed":0,"time_ms":0}}\n\n'
+    b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],'
+    b'"object":"chat.completion.chunk","prompt_progress":{"total":200,"cache":0,"processed":64,"time_ms":186}}\n\n'
+    b'data: {"choices":[{"finish_reason":null,"index":0,"delta":{"role":"assistant","content":null}}],'
+    b'"object":"chat.completion.chunk","prompt_progress":{"total":200,"cache":0,"processed":128,"time_ms":381}}\n\n'
+    b'data: {"choices":[{"finish_reason":"length","index":0,"delta":{}}],"object":"chat.completion.chunk"}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def test_prompt_progress_chunks_decode_to_steps_and_carry_no_text():
+    chunks = collect(client_for(streaming(PROGRESS_STREAM)))
+
+    assert [c.progress for c in chunks[:3]] == [PromptStep(0, 0.0), PromptStep(64, 186.0), PromptStep(128, 381.0)]
+    assert all(c.content == "" and c.reasoning == "" for c in chunks)
+    assert chunks[3].progress is None and chunks[3].finish_reason is FinishReason.LENGTH
+
+
+@given(st.dictionaries(st.sampled_from(["processed", "time_ms", "total"]),
+                       st.one_of(st.none(), st.integers(), st.floats(), st.text(), st.booleans())))
+def test_a_malformed_progress_object_decodes_without_failing(progress):
+    chunk = chunk_from_json({"prompt_progress": progress})
+    assert chunk.progress is not None and isinstance(chunk.progress.processed, int)

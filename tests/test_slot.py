@@ -14,8 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from fakes import FakeInspector, FakeLauncher, FakeMemory, model_facts, reply
 
-from llamagate.application.slot import ModelSlot
+from llamagate.application.slot import ModelSlot, SlotSettings
+from llamagate.application.watchdog import Watchdog
+from llamagate.domain.batching import PromptStep
 from llamagate.domain.chat import (
+    ChatChunk,
     ChatMessage,
     ContentDelta,
     Done,
@@ -32,26 +35,33 @@ from llamagate.domain.errors import (
     InvalidArgument,
     LlamagateError,
     NoModelLoaded,
+    NotReady,
+    Overloaded,
     Superseded,
 )
 from llamagate.domain.load_options import LoadOptions
 from llamagate.domain.model_info import LoadEvent, LoadPhase, ModelInfo
 from llamagate.domain.model_state import ModelState
+from llamagate.domain.restart_policy import RestartPolicy
 
 A = "/models/a.gguf"
 B = "/models/b.gguf"
 C = "/models/c.gguf"
+NO_RESTARTS = SlotSettings(restart=RestartPolicy(enabled=False))
+# Restarts at once, twice at most; a silent engine is frozen after 50 ms.
+RESTARTS = SlotSettings(restart=RestartPolicy(max_restarts=2, backoff_s=0.0, max_backoff_s=0.0),
+                        watchdog=Watchdog(interval_s=0.005, silent_after_s=0.05))
 QUESTION = GenerateRequest((ChatMessage(Role.USER, "hi"),), Sampling(max_tokens=8))
 
 
 class World:
     """A slot wired to fakes, with a listener recording every status it announces."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: SlotSettings | None = None) -> None:
         self.inspector = FakeInspector(model_facts(A), model_facts(B), model_facts(C))
         self.launcher = FakeLauncher()
         self.memory = FakeMemory()
-        self.slot = ModelSlot(self.inspector, self.launcher, self.memory)
+        self.slot = ModelSlot(self.inspector, self.launcher, self.memory, settings or NO_RESTARTS)
         self.heard: list[ModelInfo] = []
         self.slot.on_change(self.heard.append)
 
@@ -75,9 +85,9 @@ class World:
         await self.slot.settled()  # background operations (restarts) included
 
 
-def run(story: Callable[[World], Awaitable[None]]) -> None:
+def run(story: Callable[[World], Awaitable[None]], settings: SlotSettings | None = None) -> None:
     async def main() -> None:
-        world = World()
+        world = World(settings)
         try:
             await asyncio.wait_for(story(world), timeout=10)
         finally:
@@ -476,8 +486,9 @@ def test_generate_while_loading_or_empty_is_refused_with_the_state_in_words():
         async for _ in events:
             pass
 
-        assert "no model is loaded" in str(empty)
-        assert isinstance(loading, NoModelLoaded) and "still loading" in str(loading)
+        assert isinstance(empty, NoModelLoaded) and "no model is loaded" in str(empty)
+        # Retryable: the same call succeeds once the load is done.
+        assert isinstance(loading, NotReady) and "is loading" in str(loading) and loading.retry_after_s
 
     run(story)
 
@@ -567,5 +578,169 @@ def test_a_bug_during_a_load_is_an_internal_error_and_leaves_the_slot_consistent
         assert "being started again" in str(error)
         assert w.slot.status().state is ModelState.READY and w.slot.status().path == A
         assert [e.pid for e in w.launcher.alive()] == [w.slot.status().pid]
+
+    run(story)
+
+
+# ------------------------------------------------------------------ restarts (issue 8)
+
+
+def test_a_crashed_child_is_restarted_with_the_same_launch_and_serves_again():
+    async def story(w: World) -> None:
+        await w.load(A, context_length=2048)
+        first = w.launcher.alive()[0]
+        mark = w.mark()
+
+        first.crash("killed by SIGKILL")
+        await until(lambda: w.slot.status().state is ModelState.READY and w.slot.status().restarts == 1)
+        events = await w.ask()
+
+        changes = [s for i, s in enumerate(w.states_since(mark)) if i == 0 or s is not w.states_since(mark)[i - 1]]
+        assert changes == [ModelState.FAILED, ModelState.LOADING, ModelState.READY]
+        assert w.launcher.launched[1] == w.launcher.launched[0]  # the same plan, not a new one
+        assert "killed by SIGKILL" in w.slot.status().last_error  # why the restart was needed
+        assert isinstance(events[-1], Done) and len(w.launcher.alive()) == 1
+
+    run(story, RESTARTS)
+
+
+def test_a_frozen_child_is_noticed_stopped_and_restarted():
+    async def story(w: World) -> None:
+        await w.load(A)
+        frozen = w.launcher.alive()[0]
+        frozen.chat.hold = asyncio.Event()
+        generation = asyncio.create_task(w.ask())
+        await until(lambda: frozen.chat.streaming == 1)
+
+        frozen.freeze()
+        error = await error_of(generation)
+        await until(lambda: w.slot.status().state is ModelState.READY and w.slot.status().restarts == 1)
+
+        assert type(error) is EngineFailed and "stopped answering" in str(error)
+        assert frozen.exit is not None and frozen.stop_graces == [1.0]  # killed, not left behind
+        assert "stopped answering" in w.slot.status().last_error
+        assert ModelState.FAILED in w.states and w.launcher.alive() != [frozen]
+
+    run(story, RESTARTS)
+
+
+def test_when_restarts_keep_failing_the_cap_leaves_the_model_failed_saying_why():
+    async def story(w: World) -> None:
+        await w.load(A)
+        w.launcher.reject_next = ["error: out of memory", "error: out of memory"]
+
+        w.launcher.alive()[0].crash("killed by SIGKILL")
+        await until(lambda: "gave up" in w.slot.status().last_error)
+        await w.settle()
+
+        status = w.slot.status()
+        assert status.state is ModelState.FAILED and status.restarts == 2 and status.pid == 0
+        assert "out of memory" in status.last_error and "LLAMAGATE_RESTART_MAX" in status.last_error
+        assert len(w.launcher.launched) == 3 and w.launcher.alive() == []
+        error = await error_of(w.ask())
+        assert isinstance(error, NoModelLoaded) and "gave up" in str(error)
+
+    run(story, RESTARTS)
+
+
+def test_generate_while_a_restart_waits_is_retryable_and_an_unload_cancels_the_restart():
+    slow = SlotSettings(restart=RestartPolicy(backoff_s=30.0, max_backoff_s=30.0))
+
+    async def story(w: World) -> None:
+        await w.load(A)
+        w.launcher.alive()[0].crash()
+        await until(lambda: w.slot.status().state is ModelState.FAILED)
+
+        waiting = await error_of(w.ask())
+        await w.slot.unload()
+        await w.settle()
+
+        assert isinstance(waiting, NotReady) and "restarting in 30 s" in str(waiting)
+        assert w.slot.status().state is ModelState.EMPTY and len(w.launcher.launched) == 1
+
+    run(story, slow)
+
+
+def test_a_load_that_began_before_a_crash_is_not_refused_by_the_restart():
+    async def story(w: World) -> None:
+        await w.load(A)
+        w.launcher.hold_ready = True  # the restart (if any) and the load both wait at health
+        events = w.slot.load(B, LoadOptions())
+        first = await anext(events)  # the load has its ticket and is reading B's header
+        w.launcher.alive()[0].crash()
+        w.launcher.ready.set()
+        rest = [event async for event in events]
+
+        assert first.phase is LoadPhase.RESOLVING and rest[-1].phase is LoadPhase.READY
+        assert w.slot.status().path == B and w.slot.status().restarts == 0
+
+    run(story, RESTARTS)
+
+
+# ------------------------------------------------------------------ the queue (issue 8)
+
+
+def test_beyond_the_slots_requests_queue_and_past_the_queue_they_are_refused_at_once():
+    async def story(w: World) -> None:
+        await w.load(A, parallel=2)
+        engine = w.launcher.alive()[0]
+        engine.chat.hold = asyncio.Event()
+        running = [asyncio.create_task(w.ask()) for _ in range(2)]
+        await until(lambda: engine.chat.streaming == 2)
+        queued = asyncio.create_task(w.ask())
+        await asyncio.sleep(0.01)
+
+        refused = await error_of(w.ask())
+        assert engine.chat.streaming == 2 and not queued.done()  # never more than the slots upstream
+        engine.chat.hold.set()
+        results = await asyncio.gather(*running, queued)
+
+        assert isinstance(refused, Overloaded) and refused.retry_after_s is not None and refused.retry_after_s > 0
+        assert "LLAMAGATE_QUEUE_SIZE" in str(refused)
+        assert all(isinstance(events[-1], Done) for events in results) and len(engine.chat.calls) == 3
+
+    run(story, SlotSettings(restart=RestartPolicy(enabled=False), queue_size=1))
+
+
+def test_a_cancelled_waiter_gives_up_its_place_and_an_unload_ends_those_still_waiting():
+    async def story(w: World) -> None:
+        await w.load(A, parallel=1)
+        engine = w.launcher.alive()[0]
+        engine.chat.hold = asyncio.Event()
+        running = asyncio.create_task(w.ask())
+        await until(lambda: engine.chat.streaming == 1)
+        leaving = asyncio.create_task(w.ask())
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        staying = asyncio.create_task(w.ask())  # the place the cancelled one left
+        await asyncio.sleep(0.01)
+
+        await w.slot.unload()
+
+        assert leaving.cancelled()
+        assert isinstance(await error_of(staying), Aborted)
+        assert isinstance(await error_of(running), Aborted)
+        assert len(engine.chat.calls) == 1  # the waiters never reached the engine
+
+    run(story, SlotSettings(restart=RestartPolicy(enabled=False), queue_size=1))
+
+
+# ------------------------------------------------------------------ batch size (issue 8)
+
+
+def test_the_batch_is_the_device_prior_then_follows_the_measured_prompt_speed():
+    async def story(w: World) -> None:
+        await w.load(A)
+        engine = w.launcher.alive()[0]
+        # Two decodes of 300 tokens: 100 ms, then 1 s as the context grew.
+        engine.chat.script = [ChatChunk(progress=PromptStep(0, 0.0)), ChatChunk(progress=PromptStep(300, 100.0)),
+                              ChatChunk(progress=PromptStep(600, 1100.0)), *reply("ok")]
+        await w.ask()
+        await w.load(A)  # a reload: sized from what was measured
+        await w.load(A, batch_size=1000)  # the caller's choice wins
+
+        sizes = [spec.batch_size for spec in w.launcher.launched]
+        # The slowest decode ran 300 tokens/s; a 1 s cancel bound allows 0.4 s per decode.
+        assert sizes == [64, 96, 1000]
 
     run(story)
