@@ -393,12 +393,18 @@ class ModelSlot:
         served = asyncio.get_running_loop().time() - self._ready_at
         self._failures = failures_in_a_row(self._settings.restart, self._failures, served)
         delay = restart_delay(self._settings.restart, self._failures)
-        self._engine = None
+        self._restart_pending = delay is not None  # from now: a Generate hears "restarting", retryable
         self._transition(ModelState.FAILED, replace(self._info, pid=0), error=self._failure_text(why, delay),
                          abort=abort)
+        try:
+            # A frozen child still lives, and holds its memory: it goes before the restart.
+            await engine.stop(grace=_FROZEN_STOP_GRACE)
+        finally:  # cancelled: a LoadModel or UnloadModel took over, and stops it itself
+            self._restart_pending = False
+            if self._engine is engine:
+                self._engine = None
         if delay is not None:
             self._schedule_restart(delay)
-        await engine.stop(grace=_FROZEN_STOP_GRACE)  # a frozen child still lives
 
     def _failure_text(self, why: str, delay: float | None) -> str:
         policy = self._settings.restart

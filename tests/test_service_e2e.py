@@ -3,75 +3,30 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 import httpx
 import psutil
 import pytest
+from e2e import (
+    NOT_SERVING,
+    SERVING,
+    ask,
+    assert_code,
+    assert_still_serves,
+    engine,
+    engine_url,
+    health_of,
+    llama_server_children,
+    load,
+    wait_until,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llamagate.server.app import SERVICE_NAME
 from llamagate.v1 import llamagate_pb2 as pb
 
 pytestmark = pytest.mark.engine
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def load(stub, path, **options) -> list[pb.LoadEvent]:
-    request = pb.LoadModelRequest(path=str(path), options=pb.LoadOptions(**options))
-    return list(stub.LoadModel(request, timeout=300))
-
-
-def ask(text: str, **sampling) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
-        messages=[pb.Message(role=pb.ROLE_USER, text=text)],
-        sampling=pb.Sampling(**sampling),
-    )
-
-
-def llama_server_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if p.name() == "llama-server"]
-
-
-def engine_url(pid: int) -> str:
-    ports = [c.laddr.port for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
-    return f"http://127.0.0.1:{ports[0]}"
-
-
-def engine(pid: int) -> httpx.Client:
-    """A direct line to the child, with the key only its parent (and its owner) can read."""
-    key = psutil.Process(pid).environ()["LLAMA_API_KEY"]
-    return httpx.Client(base_url=engine_url(pid), headers={"Authorization": f"Bearer {key}"}, timeout=120)
-
-
-def assert_code(call, code: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.RpcError) as caught:
-        result = call()
-        if not isinstance(result, pb.ModelInfo | pb.UnloadModelResponse):
-            list(result)
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value.details()
-
-
-def assert_still_serves(stub) -> None:
-    events = list(stub.Generate(ask("hi", max_tokens=4), timeout=60))
-    assert events[-1].WhichOneof("event") == "done"
-
-
-def health_of(service) -> health_pb2_grpc.HealthStub:
-    return health_pb2_grpc.HealthStub(grpc.insecure_channel(service.address))
-
-
-def wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_load_streams_phases_and_ends_ready_with_model_info(stub, smollm2_path):
@@ -365,25 +320,6 @@ def test_cancelling_a_load_stops_its_child(stub, smollm2_path):
     assert wait_until(lambda: not psutil.pid_exists(pid))
     assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY)
     assert llama_server_children() == []
-
-
-def test_a_ready_llama_server_that_dies_fails_the_slot_and_says_why(service, stub, smollm2_path):
-    pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
-    health = health_of(service)
-
-    psutil.Process(pid).kill()  # as the OOM killer would
-
-    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_FAILED)
-    status = stub.GetStatus(pb.GetStatusRequest())
-    assert "exited unexpectedly" in status.last_error and status.pid == 0
-    check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
-    assert health.Check(check).status == NOT_SERVING
-    details = assert_code(lambda: stub.Generate(ask("hi")), grpc.StatusCode.FAILED_PRECONDITION)
-    assert "exited unexpectedly" in details
-    stub.UnloadModel(pb.UnloadModelRequest())  # defect 12: an unload forgets the crash
-    assert "no model is loaded" in assert_code(lambda: stub.Generate(ask("hi")), grpc.StatusCode.FAILED_PRECONDITION)
-    load(stub, smollm2_path, context_length=1024)
-    assert stub.GetStatus(pb.GetStatusRequest()).last_error == ""
 
 
 # ------------------------------------------------------------ message size
