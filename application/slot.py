@@ -28,7 +28,7 @@ from llamagate.application.admission import Admission
 from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
 from llamagate.application.watchdog import Watchdog
-from llamagate.domain.batching import blend_speed, decode_budget_s
+from llamagate.domain.batching import decode_budget_s, learned_speed
 from llamagate.domain.capabilities import merge_server_caps
 from llamagate.domain.chat import GenerateEvent, GenerateRequest
 from llamagate.domain.errors import (
@@ -488,11 +488,17 @@ class ModelSlot:
 
     def _learn_prompt_speed(self, info: ModelInfo, folder: StreamFolder) -> None:
         """The next start of this model (a restart, a reload) sizes its batch from it."""
-        launched = self._launched
-        if folder.slowest_prompt_speed is None or launched is None or launched[0].facts.path != info.path:
+        launched, speed = self._launched, folder.slowest_prompt_speed
+        if speed is None or launched is None or launched[0].facts.path != info.path:
             return
-        key = (info.path, launched[2].gpus)
-        self._prompt_speeds[key] = blend_speed(self._prompt_speeds.get(key), folder.slowest_prompt_speed)
+        spec = launched[2]
+        key = (info.path, spec.gpus)
+        learned = learned_speed(self._prompt_speeds.get(key), speed, position=folder.slowest_prompt_position,
+                                slot_context=info.context_length // max(info.parallel, 1),
+                                decode_budget_s=decode_budget_s(self._settings.cancel_within_s),
+                                on_gpu=bool(spec.gpus))
+        if learned is not None:
+            self._prompt_speeds[key] = learned
 
     async def _why_stream_broke(self, generation: _Generation, error: EngineFailed) -> LlamagateError:
         """A broken stream is often the first news of a stop or a crash: say which."""

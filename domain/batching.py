@@ -59,6 +59,25 @@ def step_speed(before: PromptStep, after: PromptStep) -> float | None:
     return tokens * 1000.0 / ms
 
 
+def learned_speed(known: float | None, measured: float, *, position: int, slot_context: int,
+                  decode_budget_s: float, on_gpu: bool) -> float | None:
+    """The prompt speed to size the next batch from, after one more measurement.
+
+    A decode costs more the fuller the context (attention reads all of it),
+    so a speed measured in the first half of a slot's context overstates the
+    speed near its end: such a measurement may only lower what is known (or
+    the prior), never raise it. One from the second half counts either way.
+    """
+    if not math.isfinite(measured) or measured <= 0:
+        return known
+    if position * 2 >= slot_context > 0:
+        return blend_speed(known, measured)
+    ceiling = known
+    if ceiling is None and decode_budget_s > 0:
+        ceiling = (GPU_PRIOR_BATCH if on_gpu else CPU_PRIOR_BATCH) / decode_budget_s
+    return blend_speed(known, measured) if ceiling is not None and measured < ceiling else known
+
+
 def blend_speed(known: float | None, measured: float) -> float:
     """What is known after one more measurement: a running average that
     follows the hardware (a busier machine, a longer context) without

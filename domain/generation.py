@@ -142,6 +142,7 @@ class StreamFolder:
     timings: Timings = field(default_factory=Timings)
     last_step: PromptStep | None = None
     slowest_prompt_speed: float | None = None  # tokens/s of the slowest decode of the prompt
+    slowest_prompt_position: int = 0  # tokens in the slot when that decode ended
 
     def feed(self, chunk: ChatChunk) -> list[GenerateEvent]:
         events: list[GenerateEvent] = []
@@ -176,6 +177,6 @@ class StreamFolder:
 
     def _prompt_step(self, step: PromptStep) -> None:
         if self.last_step is not None and (speed := step_speed(self.last_step, step)) is not None:
-            slowest = self.slowest_prompt_speed
-            self.slowest_prompt_speed = speed if slowest is None else min(slowest, speed)
+            if self.slowest_prompt_speed is None or speed < self.slowest_prompt_speed:
+                self.slowest_prompt_speed, self.slowest_prompt_position = speed, step.processed
         self.last_step = step

@@ -728,19 +728,32 @@ def test_a_cancelled_waiter_gives_up_its_place_and_an_unload_ends_those_still_wa
 # ------------------------------------------------------------------ batch size (issue 8)
 
 
+def progress(*steps: tuple[int, float]) -> list[ChatChunk]:
+    return [ChatChunk(progress=PromptStep(tokens, ms)) for tokens, ms in steps] + reply("ok")
+
+
 def test_the_batch_is_the_device_prior_then_follows_the_measured_prompt_speed():
     async def story(w: World) -> None:
-        await w.load(A)
-        engine = w.launcher.alive()[0]
-        # Two decodes of 300 tokens: 100 ms, then 1 s as the context grew.
-        engine.chat.script = [ChatChunk(progress=PromptStep(0, 0.0)), ChatChunk(progress=PromptStep(300, 100.0)),
-                              ChatChunk(progress=PromptStep(600, 1100.0)), *reply("ok")]
-        await w.ask()
-        await w.load(A)  # a reload: sized from what was measured
-        await w.load(A, batch_size=1000)  # the caller's choice wins
+        sizes = []
 
-        sizes = [spec.batch_size for spec in w.launcher.launched]
-        # The slowest decode ran 300 tokens/s; a 1 s cancel bound allows 0.4 s per decode.
-        assert sizes == [64, 96, 1000]
+        async def measure(script: list[ChatChunk], **options: object) -> None:
+            await w.load(A, context_length=8192, **options)
+            sizes.append(w.launcher.launched[-1].batch_size)
+            w.launcher.alive()[0].chat.script = script
+            await w.ask()
+
+        # Early in the context, fast: never trusted to raise the batch above the prior.
+        await measure(progress((0, 0.0), (300, 100.0)))
+        # Late in the context (past half of the 8192 a slot holds): 300 tokens in 1 s.
+        await measure(progress((4000, 0.0), (4300, 1000.0)))
+        # Early and slow (150 tokens/s): a slow start means a slower end, so it lowers the batch.
+        await measure(progress((0, 0.0), (150, 1000.0)))
+        await measure([], batch_size=1000)  # the caller's choice wins
+        await w.load(A, context_length=8192)
+        sizes.append(w.launcher.launched[-1].batch_size)
+
+        # A 1 s cancel bound allows 0.4 s per decode: 64 (the CPU prior), then
+        # 0.4 s at 300 tokens/s, then 0.4 s at the blend of 300 and 150.
+        assert sizes == [64, 64, 96, 1000, 64]
 
     run(story)
