@@ -567,3 +567,14 @@ def test_prompt_progress_chunks_decode_to_steps_and_carry_no_text():
 def test_a_malformed_progress_object_decodes_without_failing(progress):
     chunk = chunk_from_json({"prompt_progress": progress})
     assert chunk.progress is not None and isinstance(chunk.progress.processed, int)
+
+
+def test_a_stream_asks_for_its_own_connection_which_llama_server_closes_after_it():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return streaming(REAL_STREAM)(request)
+
+    collect(client_for(handler))
+    assert seen[0].headers["connection"] == "close"

@@ -212,3 +212,4 @@ def test_the_done_event_tells_max_tokens_from_a_full_context(stub, smollm2_path)
     assert capped.finish_reason == pb.FINISH_REASON_LENGTH and capped.usage.completion_tokens == 5
     assert full.finish_reason == pb.FINISH_REASON_CONTEXT_LIMIT, full
     assert full.usage.prompt_tokens + full.usage.completion_tokens >= 255
+
