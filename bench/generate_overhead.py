@@ -65,6 +65,7 @@ class Stream:
     tokens: int
     first: float
     last: float
+    engine_rate: float = 0.0  # llama-server's own predicted_per_second
 
 
 # ------------------------------------------------------------------ the two ways to stream
@@ -79,24 +80,29 @@ async def direct(http: httpx.AsyncClient, body: dict) -> Stream:
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
+            payload = json.loads(line[6:])
+            choices = payload.get("choices") or [{}]
             if (choices[0].get("delta") or {}).get("content"):
                 last = time.perf_counter()
                 first = first or last
                 tokens += 1
-    return Stream(first - start, tokens, first, last)
+            engine_rate = (payload.get("timings") or {}).get("predicted_per_second", 0.0)
+    return Stream(first - start, tokens, first, last, engine_rate)
 
 
 async def generate(stub: pb_grpc.LlamaGateStub, request: pb.GenerateRequest) -> Stream:
     start = time.perf_counter()
     first = last = 0.0
     tokens = 0
+    engine_rate = 0.0
     async for event in stub.Generate(request):
         if event.WhichOneof("event") == "content_delta":
             last = time.perf_counter()
             first = first or last
             tokens += 1
-    return Stream(first - start, tokens, first, last)
+        elif event.WhichOneof("event") == "done":
+            engine_rate = event.done.timings.predicted_per_second
+    return Stream(first - start, tokens, first, last, engine_rate)
 
 
 def rate(streams: list[Stream]) -> float:
@@ -105,16 +111,17 @@ def rate(streams: list[Stream]) -> float:
     return sum(s.tokens - 1 for s in streams) / span if span > 0 else 0.0
 
 
-async def side_by_side(rounds: int, n: int, ways: dict[str, Callable[[], Awaitable[Stream]]]) -> dict[str, list]:
+async def side_by_side(rounds: int, n: int, ways: dict[str, Callable[[], Awaitable[Stream]]]) -> dict[str, list[tuple[float, float, float]]]:
     """Each round runs ``n`` concurrent streams one way, then the other (the
     order alternating); returns per way the rounds' median TTFT and rate."""
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
     names = list(ways)
     for r in range(rounds + 2):  # two warm-up rounds
         for name in names if r % 2 == 0 else reversed(names):
             streams = await asyncio.gather(*(ways[name]() for _ in range(n)))
             if r >= 2:
-                results[name].append((statistics.median(s.ttft_s for s in streams), rate(streams)))
+                results[name].append((statistics.median(s.ttft_s for s in streams), rate(streams),
+                                      statistics.median(s.engine_rate for s in streams)))
     return results
 
 
@@ -224,7 +231,7 @@ async def prompt_speed(http: httpx.AsyncClient, text: str) -> float:
 async def streams_phase(stub, model: Path, rounds: int) -> dict[str, float]:
     _, info = await load(stub, model, context_length=8192, parallel=8)
     request = pb.GenerateRequest(messages=[pb.Message(role=pb.ROLE_USER, text=COUNTING)],
-                                 sampling=pb.Sampling(max_tokens=48, temperature=0.0, seed=1))
+                                 sampling=pb.Sampling(max_tokens=96, temperature=0.0, seed=1))
     body = chat_body(chat_call(convert.generate_request(request), Capabilities(), info.context_length))
     out: dict[str, float] = {}
     async with Child(info.pid).client() as http:
@@ -232,14 +239,17 @@ async def streams_phase(stub, model: Path, rounds: int) -> dict[str, float]:
             got = await side_by_side(rounds, n, {"direct": lambda: direct(http, body),
                                                  "generate": lambda: generate(stub, request)})
             d, g = got["direct"], got["generate"]
-            ttft_d = statistics.median(t for t, _ in d) * 1000
-            ttft_g = statistics.median(t for t, _ in g) * 1000
-            overhead = statistics.median((gt - dt) * 1000 for (dt, _), (gt, _) in zip(d, g))
-            rate_d, rate_g = statistics.median(r for _, r in d), statistics.median(r for _, r in g)
+            ttft_d = statistics.median(r[0] for r in d) * 1000
+            ttft_g = statistics.median(r[0] for r in g) * 1000
+            overhead = statistics.median((rg[0] - rd[0]) * 1000 for rd, rg in zip(d, g))
+            rate_d, rate_g = statistics.median(r[1] for r in d), statistics.median(r[1] for r in g)
+            ratio = statistics.median(rg[1] / rd[1] for rd, rg in zip(d, g) if rd[1] > 0)
+            engine = statistics.median(rg[2] / rd[2] for rd, rg in zip(d, g) if rd[2] > 0)
+            print(f"   llama-server's own tokens/s, Generate against direct: {engine:.3f}")
             print(f"{n} stream(s): first token direct {ttft_d:.1f} ms, through Generate {ttft_g:.1f} ms, "
-                  f"overhead {overhead:+.2f} ms (median of {rounds} paired rounds); "
-                  f"tokens/s direct {rate_d:.1f}, Generate {rate_g:.1f}, ratio {rate_g / rate_d:.3f}", flush=True)
-            out[f"ttft{n}"], out[f"rate{n}"] = overhead, rate_g / rate_d
+                  f"overhead {overhead:+.2f} ms; tokens/s direct {rate_d:.1f}, Generate {rate_g:.1f}, "
+                  f"ratio {ratio:.3f} (medians of {rounds} paired rounds)", flush=True)
+            out[f"ttft{n}"], out[f"rate{n}"] = overhead, ratio
     return out
 
 
@@ -291,6 +301,8 @@ async def run(address: str, model: Path, args: argparse.Namespace) -> list[str]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.LlamaGateStub(channel)
         streams = await streams_phase(stub, model, args.rounds)
+        if args.streams_only:
+            raise SystemExit("verdict: none (--streams-only measures phase 1 alone)")
         load_ratio = await load_phase(stub, model, args.load_rounds)
         prompt_ratio = await prompt_phase(stub, model, args.prompt_rounds)
     missed = []
@@ -314,6 +326,7 @@ def main() -> int:
     parser.add_argument("--load-rounds", type=int, default=6)
     parser.add_argument("--prompt-rounds", type=int, default=3)
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--streams-only", action="store_true", help="phase 1 only (no verdict)")
     args = parser.parse_args()
     settings = Settings.from_env(os.environ)
     model = paths.default_model_path(settings.cache_dir)
