@@ -252,9 +252,14 @@ async def _until_ended(pid: int) -> None:
     except (AttributeError, OSError):  # no pidfd (old kernel, not Linux), or already reaped
         return
     loop = asyncio.get_running_loop()
-    ended = loop.create_future()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
     try:
-        loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+        loop.add_reader(fd, readable)
         await ended
     finally:
         loop.remove_reader(fd)

@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 from llamagate.application.admission import Admission
@@ -42,7 +42,7 @@ from llamagate.domain.errors import (
 )
 from llamagate.domain.generation import StreamFolder, chat_call, validate
 from llamagate.domain.gpus import GpuInfo
-from llamagate.domain.launch import LaunchSpec, check_load_options, launch_from_plan
+from llamagate.domain.launch import LaunchSpec, check_load_options, launch_from_plan, prior_speed
 from llamagate.domain.load_options import LoadOptions
 from llamagate.domain.load_plan import LoadPlan, plan_load
 from llamagate.domain.model_facts import ModelFacts
@@ -72,9 +72,10 @@ _LOADING_RETRY_S = 1.0
 @dataclass(frozen=True)
 class SlotSettings:
     queue_size: int = 8  # generations that may wait for a busy slot; more are refused
-    restart: RestartPolicy = RestartPolicy()
-    watchdog: Watchdog = Watchdog()
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    watchdog: Watchdog = field(default_factory=Watchdog)
     cancel_within_s: float = 1.0  # the bound the batch size is chosen for; 0: the engine's default batch
+    host_threads: int = 1  # CPU threads llama-server computes with when a load does not say (its default: all)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class ModelSlot:
         self._restarts = 0  # restarts since the last load by a caller
         self._restart_pending = False
         self._prompt_speeds: dict[tuple[str, tuple[int, ...]], float] = {}  # slowest prompt tokens/s seen
+        self._prior_speed: float | None = None  # the running model's estimated prompt speed
         self._generations: set[_Generation] = set()
         self._listeners: list[StateListener] = []
         self._announcing: asyncio.Task[None] | None = None
@@ -275,9 +277,12 @@ class ModelSlot:
         if launch is None:
             self._transition(ModelState.LOADING, ModelInfo(id=prepared.model_id, path=prepared.facts.path))
             load_plan = await self._plan(prepared, None)
-            info, spec = launch_from_plan(load_plan, prepared.options, prompt_speed=self._prompt_speeds.get(
-                (prepared.facts.path, load_plan.plan.gpus)), decode_budget_s=decode_budget_s(
-                self._settings.cancel_within_s))
+            info, spec = launch_from_plan(
+                load_plan, prepared.options,
+                prompt_speed=self._prompt_speeds.get((prepared.facts.path, load_plan.plan.gpus)),
+                decode_budget_s=decode_budget_s(self._settings.cancel_within_s),
+                host_threads=self._settings.host_threads)
+            self._prior_speed = prior_speed(load_plan, prepared.options, self._settings.host_threads)
             self._update_info(info)
             emit(LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan))
         else:
@@ -478,9 +483,11 @@ class ModelSlot:
                             raise generation.abort
                         for event in folder.feed(chunk):
                             yield event
+                    alone = admission.running == 1  # others' tokens share the decodes: their speed is not ours
                 except EngineFailed as error:
                     raise await self._why_stream_broke(generation, error) from error
-                self._learn_prompt_speed(info, folder)
+                if alone:
+                    self._learn_prompt_speed(info, folder)
                 for event in folder.finish():
                     yield event
         finally:
@@ -495,8 +502,7 @@ class ModelSlot:
         key = (info.path, spec.gpus)
         learned = learned_speed(self._prompt_speeds.get(key), speed, position=folder.slowest_prompt_position,
                                 slot_context=info.context_length // max(info.parallel, 1),
-                                decode_budget_s=decode_budget_s(self._settings.cancel_within_s),
-                                on_gpu=bool(spec.gpus))
+                                prior=self._prior_speed)
         if learned is not None:
             self._prompt_speeds[key] = learned
 

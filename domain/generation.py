@@ -176,7 +176,7 @@ class StreamFolder:
         return self.finish_reason
 
     def _prompt_step(self, step: PromptStep) -> None:
-        if self.last_step is not None and (speed := step_speed(self.last_step, step)) is not None:
-            if self.slowest_prompt_speed is None or speed < self.slowest_prompt_speed:
-                self.slowest_prompt_speed, self.slowest_prompt_position = speed, step.processed
+        speed = step_speed(self.last_step, step) if self.last_step is not None else None
+        if speed is not None and (self.slowest_prompt_speed is None or speed < self.slowest_prompt_speed):
+            self.slowest_prompt_speed, self.slowest_prompt_position = speed, step.processed
         self.last_step = step

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
 
-from llamagate.domain.batching import MAX_BATCH, batch_size
+from llamagate.domain.batching import MAX_BATCH, batch_size, estimated_speed, prompt_cost
 from llamagate.domain.capabilities import (
     capabilities_from_template,
     launch_template_kwargs,
@@ -38,13 +38,15 @@ class LaunchSpec:
     batch_size: int = 0  # prompt tokens per decode (logical and physical batch); 0 = the engine's default
 
 
-def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *,
-                     prompt_speed: float | None = None, decode_budget_s: float = 0.0) -> tuple[ModelInfo, LaunchSpec]:
+def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed: float | None = None,
+                     decode_budget_s: float = 0.0, host_threads: int = 1) -> tuple[ModelInfo, LaunchSpec]:
     """The ModelInfo a load will report and the launch that realises its plan.
 
-    The batch is the caller's, else chosen from ``prompt_speed`` (the slowest
-    measured on this model, None before any) so one decode lasts at most
-    ``decode_budget_s``; a budget of 0 leaves the engine's default.
+    The batch is the caller's, else chosen so one decode lasts at most
+    ``decode_budget_s``: from ``prompt_speed`` (the slowest measured on this
+    model), else from the estimate for ``host_threads`` CPU threads at the
+    slot's full context, else a device prior. A budget of 0 leaves the
+    engine's default.
     """
     facts, plan = load_plan.facts, load_plan.plan
     mid = model_id(PurePath(facts.path).name)
@@ -75,17 +77,31 @@ def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *,
         template_kwargs=launch_template_kwargs(caps, mid),
         speculative=Speculative.OFF if options.mmproj_path else options.speculative,
         mmproj_path=options.mmproj_path,
-        batch_size=_batch(options, plan.gpus, prompt_speed, decode_budget_s),
+        batch_size=_batch(load_plan, options, prompt_speed, decode_budget_s, host_threads),
     )
     return info, spec
 
 
-def _batch(options: LoadOptions, gpus: tuple[int, ...], prompt_speed: float | None, budget_s: float) -> int:
+def _batch(load_plan: LoadPlan, options: LoadOptions, prompt_speed: float | None, budget_s: float,
+           host_threads: int) -> int:
     if options.batch_size:
         return options.batch_size
     if budget_s <= 0:
         return 0
-    return batch_size(prompt_speed, budget_s, on_gpu=bool(gpus))
+    on_gpu = bool(load_plan.plan.gpus)
+    speed = prompt_speed if prompt_speed is not None else prior_speed(load_plan, options, host_threads)
+    return batch_size(speed, budget_s, on_gpu=on_gpu)
+
+
+def prior_speed(load_plan: LoadPlan, options: LoadOptions, host_threads: int) -> float | None:
+    """The estimated prompt speed at a full slot before anything was measured
+    (None on planned GPUs, which take the GPU prior batch)."""
+    if load_plan.plan.gpus:
+        return None
+    cost = prompt_cost(load_plan.facts)
+    slot = load_plan.plan.context_length // max(options.parallel, 1)
+    threads = options.threads if options.threads > 0 else host_threads
+    return estimated_speed(cost, slot, threads) if cost is not None else None
 
 
 def check_load_options(options: LoadOptions) -> None:

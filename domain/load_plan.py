@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from llamagate.domain.errors import Cancelled, InvalidArgument
 from llamagate.domain.gpus import GpuInfo

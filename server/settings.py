@@ -6,11 +6,13 @@ values (and the environment children inherit) from here.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
+import psutil
 
 from llamagate.application.slot import SlotSettings
 from llamagate.application.watchdog import Watchdog
@@ -71,7 +73,14 @@ def slot_settings(env: Mapping[str, str]) -> SlotSettings:
         watchdog=Watchdog(interval_s=min(default.watchdog.interval_s, silent_s / 3), silent_after_s=silent_s),
         cancel_within_s=_whole(env, "LLAMAGATE_CANCEL_WITHIN_MS", int(default.cancel_within_s * 1000), 0,
                                600_000) / 1000,
+        host_threads=_compute_threads(),
     )
+
+
+def _compute_threads() -> int:
+    """The threads llama-server computes with by default: physical cores, within our affinity."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(usable, psutil.cpu_count(logical=False) or usable))
 
 
 def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

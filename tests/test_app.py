@@ -6,7 +6,7 @@ import asyncio
 import threading
 from pathlib import Path
 
-import llamagate.server.app as app
+from llamagate.server import app
 from llamagate.server.settings import Settings
 
 

@@ -216,7 +216,7 @@ def structured_prefixes(data: bytes, end: int, rng: random.Random, samples: int)
     """Every prefix length up to the first long array and around the end of the
     key-value data and the tensor infos; a sample of the rest."""
     first_array = data.find(b"tokenizer.ggml.tokens")
-    head = range(0, min(end, (first_array if first_array > 0 else 4096) + 4096))
+    head = range(min(end, (first_array if first_array > 0 else 4096) + 4096))
     tail = range(max(0, end - 20_000), end)
     sample = rng.sample(range(end), min(samples, end))
     return sorted({*head, *tail, *sample})

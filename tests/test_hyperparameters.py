@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import resource
 import tracemalloc
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from gguf import GGUFReader, GGUFValueType, GGUFWriter

@@ -14,9 +14,9 @@ import psutil
 import pytest
 from processes import gone
 
+from llamagate.adapters.child_registry import read_records
 from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.llama_process import LlamaServerLauncher, LlamaServerProcess
-from llamagate.adapters.child_registry import read_records
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import (
     CallMessage,
