@@ -188,7 +188,9 @@ async def bare_start(argv: list[str], env: dict[str, str]) -> tuple[float, subpr
     """Seconds from spawn to /health 200, the running process and its URL."""
     port = free_port()
     start = time.perf_counter()
-    process = subprocess.Popen(with_port(argv, port), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Popen only forks and execs (no wait): the clock starts as llamagate's own spawn does.
+    process = subprocess.Popen(with_port(argv, port), env=env,  # noqa: ASYNC220
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
         while True:
             try:
@@ -322,7 +324,7 @@ async def run(address: str, model: Path, args: argparse.Namespace) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--load-rounds", type=int, default=6)
     parser.add_argument("--prompt-rounds", type=int, default=3)
     parser.add_argument("--check", action="store_true")
