@@ -29,12 +29,10 @@ import time
 
 import grpc
 import httpx
-from generate_overhead import LONG_PROMPT, Child, bare_start, load, start_service, stop, with_port
+from generate_overhead import LONG_PROMPT, Child, bare_start, judge, load, stop, with_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llamagate.adapters import paths
 from llamagate.server.app import SERVICE_NAME
-from llamagate.server.settings import Settings
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
@@ -207,15 +205,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    settings = Settings.from_env(os.environ)
-    service, address = start_service(settings)
-    try:
-        missed = asyncio.run(run(address, paths.default_model_path(settings.cache_dir), args.rounds))
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=30)
-    print("verdict: " + ("PASS: every target met" if not missed else "FAIL: " + "; ".join(missed)))
-    return 1 if missed and args.check else 0
+    return judge(lambda address, model: run(address, model, args.rounds), check=args.check)
 
 
 if __name__ == "__main__":

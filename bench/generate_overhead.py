@@ -330,16 +330,21 @@ def main() -> int:
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--streams-only", action="store_true", help="phase 1 only (no verdict)")
     args = parser.parse_args()
+    return judge(lambda address, model: run(address, model, args), check=args.check)
+
+
+def judge(work: Callable[[str, Path], Awaitable[list[str]]], *, check: bool) -> int:
+    """Run ``work(address, model)`` against a fresh ``llamagate serve``; print
+    the verdict from the targets it missed (the last line)."""
     settings = Settings.from_env(os.environ)
-    model = paths.default_model_path(settings.cache_dir)
     service, address = start_service(settings)
     try:
-        missed = asyncio.run(run(address, model, args))
+        missed = asyncio.run(work(address, paths.default_model_path(settings.cache_dir)))
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(timeout=30)
     print("verdict: " + ("PASS: every target met" if not missed else "FAIL: " + "; ".join(missed)))
-    return 1 if missed and args.check else 0
+    return 1 if missed and check else 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from llamagate.domain.restart_policy import RestartPolicy
 from llamagate.server.app import SERVICE_NAME
 from llamagate.server.settings import Settings
 from llamagate.v1 import llamagate_pb2 as pb
-from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.engine
 
@@ -45,16 +44,10 @@ STORY = "Write a very long story about a llama."
 
 
 @pytest.fixture(scope="module")
-def service(llama_cpp_tree, smollm2_path):
+def service(llama_cpp_tree, smollm2_path):  # conftest's `stub` talks to this one
     running = RunningService(replace(Settings.from_env(os.environ), slot=SLOT_SETTINGS))
     yield running
     running.close()
-
-
-@pytest.fixture(scope="module")
-def stub(service):
-    with grpc.insecure_channel(service.address) as channel:
-        yield pb_grpc.LlamaGateStub(channel)
 
 
 def status(stub) -> pb.ModelInfo:

@@ -12,7 +12,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from fakes import FakeInspector, FakeLauncher, FakeMemory, model_facts, reply
+from fakes import FakeEngine, FakeInspector, FakeLauncher, FakeMemory, model_facts, reply
 
 from llamagate.application.slot import ModelSlot, SlotSettings
 from llamagate.application.watchdog import Watchdog
@@ -113,6 +113,15 @@ async def events_until(events: AsyncIterator[LoadEvent], phase: LoadPhase) -> li
 
 async def drain(events: AsyncIterator[LoadEvent]) -> list[LoadEvent]:
     return [event async for event in events]
+
+
+async def held_generation(w: World) -> tuple[FakeEngine, asyncio.Task[list[object]]]:
+    """The loaded engine, and a generation it holds after its first chunk."""
+    engine = w.launcher.alive()[0]
+    engine.chat.hold = asyncio.Event()
+    generation = asyncio.create_task(w.ask())
+    await until(lambda: engine.chat.streaming == 1)
+    return engine, generation
 
 
 async def error_of(awaitable: Awaitable[object]) -> LlamagateError:
@@ -406,10 +415,7 @@ def test_defect_12_after_a_crash_and_an_unload_generate_says_no_model_is_loaded(
 def test_a_crash_mid_generation_ends_it_as_unavailable_saying_the_engine_died():
     async def story(w: World) -> None:
         await w.load(A)
-        engine = w.launcher.alive()[0]
-        engine.chat.hold = asyncio.Event()
-        generation = asyncio.create_task(w.ask())
-        await until(lambda: engine.chat.streaming == 1)
+        engine, generation = await held_generation(w)
 
         engine.crash("killed by SIGKILL")
         error = await error_of(generation)
@@ -443,10 +449,7 @@ def test_generate_sends_the_domains_call_and_streams_deltas_then_done():
 def test_defect_11_unloading_or_replacing_the_model_mid_generation_aborts_it_saying_why(act, reason):
     async def story(w: World) -> None:
         await w.load(A)
-        engine = w.launcher.alive()[0]
-        engine.chat.hold = asyncio.Event()
-        generation = asyncio.create_task(w.ask())
-        await until(lambda: engine.chat.streaming == 1)
+        engine, generation = await held_generation(w)
 
         if act == "unload":
             await w.slot.unload()
@@ -607,10 +610,7 @@ def test_a_crashed_child_is_restarted_with_the_same_launch_and_serves_again():
 def test_a_frozen_child_is_noticed_stopped_and_restarted():
     async def story(w: World) -> None:
         await w.load(A)
-        frozen = w.launcher.alive()[0]
-        frozen.chat.hold = asyncio.Event()
-        generation = asyncio.create_task(w.ask())
-        await until(lambda: frozen.chat.streaming == 1)
+        frozen, generation = await held_generation(w)
 
         frozen.freeze()
         error = await error_of(generation)
