@@ -449,7 +449,7 @@ def test_generate_sends_the_domains_call_and_streams_deltas_then_done():
 def test_defect_11_unloading_or_replacing_the_model_mid_generation_aborts_it_saying_why(act, reason):
     async def story(w: World) -> None:
         await w.load(A)
-        engine, generation = await held_generation(w)
+        _, generation = await held_generation(w)
 
         if act == "unload":
             await w.slot.unload()
