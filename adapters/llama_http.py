@@ -1,31 +1,21 @@
-"""llama-server's HTTP API: streamed chat completions and /props (SPEC §12, §13).
+"""llama-server's HTTP API: streamed chat completions, token counts, /props (SPEC §12, §13).
 
-Owns the wire format both ways: the JSON body built from a ChatCall, the SSE
-stream decoded into ChatChunks, llama-server's error frames mapped to the
-domain's errors. Decoding is defensive: whatever a field holds (null, the
-wrong type), the chunk decodes; only an error frame or a broken stream fails.
+The SSE stream is decoded into ChatChunks (the chat JSON itself is
+``llama_chat_wire``'s), llama-server's error frames mapped to the domain's
+errors. Only an error frame or a broken stream fails a stream.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
 import httpx
 
-from llamagate.domain.batching import PromptStep
+from llamagate.adapters.llama_chat_wire import json_dict, json_int, json_str, chat_body, chunk_from_json, template_body
 from llamagate.domain.capabilities import ServerCapabilities
-from llamagate.domain.chat import (
-    CallMessage,
-    ChatCall,
-    ChatChunk,
-    FinishReason,
-    Timings,
-    Usage,
-)
+from llamagate.domain.chat import ChatCall, ChatChunk
 from llamagate.domain.errors import (
     ContextExceeded,
     EngineFailed,
@@ -89,12 +79,28 @@ class LlamaHttpClient:
                     if isinstance(event, dict) and "error" in event:
                         raise engine_error(event, status=None)
                     if isinstance(event, dict):
-                        yield chunk_from_json(event)
+                        yield chunk_from_json(event, alternatives=call.sampling.top_logprobs)
             raise EngineFailed("llama-server's stream ended early, without [DONE]: the reply is incomplete")
         except httpx.ReadTimeout as error:
             raise EngineTimedOut(f"llama-server sent nothing for {self._read_timeout:g} s") from error
         except httpx.TransportError as error:
             raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
+
+    async def count_tokens(self, call: ChatCall) -> int:
+        """The prompt tokens of ``call`` after the chat template, by
+        llama-server's own templating and tokenizer (images included)."""
+        try:
+            response = await self._client.post("/v1/chat/completions/input_tokens", json=template_body(call),
+                                               timeout=_PROPS_TIMEOUT)
+        except httpx.TransportError as error:
+            raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
+        payload = _json_or_text(response.content)
+        if response.status_code != 200:
+            raise engine_error(payload, status=response.status_code)
+        count = json_dict(payload).get("input_tokens")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise EngineFailed(f"llama-server answered a token count without input_tokens: {_excerpt(payload)}")
+        return count
 
     async def server_capabilities(self) -> ServerCapabilities:
         try:
@@ -124,49 +130,6 @@ class LlamaHttpClient:
             return False  # not listening yet
 
 
-# --- the request ---------------------------------------------------------
-
-
-def chat_body(call: ChatCall) -> dict[str, object]:
-    """The JSON body for ``/v1/chat/completions`` (streaming, usage included)."""
-    s = call.sampling
-    body: dict[str, object] = {
-        "messages": [_message_json(m) for m in call.messages],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        # A progress chunk after every decode of the prompt: llama-server
-        # notices a closed connection only when it has something to write,
-        # so without these a cancel waits until the whole prompt is done.
-        "return_progress": True,
-        "temperature": s.temperature,
-        "top_p": s.top_p,
-        "top_k": s.top_k,
-        "min_p": s.min_p,
-        "repeat_penalty": s.repetition_penalty,
-        "presence_penalty": s.presence_penalty,
-        "max_tokens": call.max_tokens,
-    }
-    if call.wall_clock_limit_ms > 0:
-        body["t_max_predict_ms"] = call.wall_clock_limit_ms
-    if call.stop:
-        body["stop"] = list(call.stop)
-    if s.seed is not None:
-        body["seed"] = s.seed
-    if call.template_kwargs:
-        body["chat_template_kwargs"] = dict(call.template_kwargs)
-    return body
-
-
-def _message_json(message: CallMessage) -> dict[str, object]:
-    if not message.images:
-        return {"role": message.role.value, "content": message.text}
-    parts: list[dict[str, object]] = [{"type": "text", "text": message.text}]
-    for image in message.images:
-        url = f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
-        parts.append({"type": "image_url", "image_url": {"url": url}})
-    return {"role": message.role.value, "content": parts}
-
-
 # --- the stream ----------------------------------------------------------
 
 DONE: Final = object()
@@ -187,90 +150,6 @@ def parse_sse_line(line: str) -> dict[str, object] | object | None:
     return payload if isinstance(payload, dict) else None
 
 
-def chunk_from_json(payload: Mapping[str, object]) -> ChatChunk:
-    """One ``chat.completion.chunk``; a null or wrong-typed field counts as absent."""
-    choices = payload.get("choices")
-    choice = _dict(choices[0]) if isinstance(choices, list) and choices else {}
-    delta = _dict(choice.get("delta"))
-    return ChatChunk(
-        reasoning=_str(delta.get("reasoning_content")),
-        content=_str(delta.get("content")),
-        finish_reason=finish_reason(choice.get("finish_reason")),
-        usage=_usage(payload.get("usage")),
-        timings=_timings(payload.get("timings")),
-        progress=_progress(payload.get("prompt_progress")),
-    )
-
-
-def finish_reason(raw: object) -> FinishReason | None:
-    """llama-server's string; None while generating; an unknown reason is a STOP."""
-    if not isinstance(raw, str) or not raw:
-        return None
-    try:
-        return FinishReason(raw)
-    except ValueError:
-        return FinishReason.STOP
-
-
-def _usage(raw: object) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    return Usage(
-        prompt_tokens=_int(raw.get("prompt_tokens")),
-        completion_tokens=_int(raw.get("completion_tokens")),
-        total_tokens=_int(raw.get("total_tokens")),
-    )
-
-
-def _progress(raw: object) -> PromptStep | None:
-    """``prompt_progress``: tokens in the slot so far, ms since the prompt began."""
-    if not isinstance(raw, dict):
-        return None
-    return PromptStep(processed=_int(raw.get("processed")), elapsed_ms=_float(raw.get("time_ms")))
-
-
-def _timings(raw: object) -> Timings | None:
-    if not isinstance(raw, dict):
-        return None
-    return Timings(
-        prompt_n=_int(raw.get("prompt_n")),
-        prompt_ms=_float(raw.get("prompt_ms")),
-        prompt_per_second=_float(raw.get("prompt_per_second")),
-        predicted_n=_int(raw.get("predicted_n")),
-        predicted_ms=_float(raw.get("predicted_ms")),
-        predicted_per_second=_float(raw.get("predicted_per_second")),
-        cache_n=_int(raw.get("cache_n")),
-    )
-
-
-def _dict(value: object) -> dict[str, object]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and math.isfinite(value):
-        return int(value)
-    return 0
-
-
-def _float(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0.0
-    try:
-        result = float(value)  # an int beyond a double's range overflows
-    except OverflowError:
-        return 0.0
-    return result if math.isfinite(result) else 0.0
-
-
 # --- errors --------------------------------------------------------------
 
 
@@ -283,8 +162,8 @@ def engine_error(payload: object, *, status: int | None) -> LlamagateError:
     """
     error = payload.get("error") if isinstance(payload, dict) else None
     fields = error if isinstance(error, dict) else {}
-    message = _str(fields.get("message")) or _str(error) or _str(payload) or _excerpt(payload)
-    kind = _str(fields.get("type"))
+    message = json_str(fields.get("message")) or json_str(error) or json_str(payload) or _excerpt(payload)
+    kind = json_str(fields.get("type"))
     if kind == "exceed_context_size_error":
         return _context_exceeded(fields, message)
     if kind in ("invalid_request_error", "not_supported_error", "not_found_error"):
@@ -302,7 +181,7 @@ def engine_error(payload: object, *, status: int | None) -> LlamagateError:
 
 
 def _context_exceeded(fields: Mapping[str, object], message: str) -> ContextExceeded:
-    needed, holds = _int(fields.get("n_prompt_tokens")), _int(fields.get("n_ctx"))
+    needed, holds = json_int(fields.get("n_prompt_tokens")), json_int(fields.get("n_ctx"))
     advice = "shorten the conversation or load with a larger context_length"
     if needed > 0 and holds > 0:
         text = f"the request needs {needed} tokens; a slot of the loaded model holds {holds}: {advice}"
@@ -331,8 +210,8 @@ def _excerpt(payload: object) -> str:
 def capabilities_from_props(props: object) -> ServerCapabilities:
     """``chat_template_caps`` and ``modalities`` of ``/props``; anything missing
     or not a boolean is None ("llama-server did not say")."""
-    root = _dict(props)
-    template_caps, modalities = _dict(root.get("chat_template_caps")), _dict(root.get("modalities"))
+    root = json_dict(props)
+    template_caps, modalities = json_dict(root.get("chat_template_caps")), json_dict(root.get("modalities"))
     return ServerCapabilities(
         tools=_bool(template_caps.get("supports_tools")),
         preserve_thinking=_bool(template_caps.get("supports_preserve_reasoning")),

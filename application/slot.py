@@ -29,7 +29,7 @@ from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
 from llamagate.application.watchdog import Watchdog
 from llamagate.domain.batching import decode_budget_s, learned_speed
-from llamagate.domain.capabilities import merge_server_caps
+from llamagate.domain.capabilities import disagreements, merge_server_caps
 from llamagate.domain.chat import GenerateEvent, GenerateRequest
 from llamagate.domain.errors import (
     Aborted,
@@ -40,7 +40,8 @@ from llamagate.domain.errors import (
     NoModelLoaded,
     NotReady,
 )
-from llamagate.domain.generation import StreamFolder, chat_call, validate
+from llamagate.domain.generation import StreamFolder, chat_call
+from llamagate.domain.request_checks import validate
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.launch import LaunchSpec, check_load_options, launch_from_plan, prior_speed
 from llamagate.domain.load_options import LoadOptions
@@ -53,6 +54,7 @@ from llamagate.domain.ports import (
     EngineProcess,
     MemoryProbe,
     ModelInspector,
+    TemplateRenderer,
 )
 from llamagate.domain.restart_policy import RestartPolicy, failures_in_a_row, restart_delay
 from llamagate.domain.shards import model_id
@@ -106,8 +108,9 @@ class _Generation:
 
 class ModelSlot:
     def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe,
-                 settings: SlotSettings | None = None) -> None:
+                 settings: SlotSettings | None = None, renderer: TemplateRenderer | None = None) -> None:
         self._inspector = inspector
+        self._renderer = renderer  # reads capabilities off the chat template before launch
         self._launcher = launcher
         self._memory = memory
         self._settings = settings or SlotSettings()
@@ -281,7 +284,7 @@ class ModelSlot:
                 load_plan, prepared.options,
                 prompt_speed=self._prompt_speeds.get((prepared.facts.path, load_plan.plan.gpus)),
                 decode_budget_s=decode_budget_s(self._settings.cancel_within_s),
-                host_threads=self._settings.host_threads)
+                host_threads=self._settings.host_threads, renderer=self._renderer)
             self._prior_speed = prior_speed(load_plan, prepared.options, self._settings.host_threads)
             self._update_info(info)
             emit(LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan))
@@ -293,6 +296,8 @@ class ModelSlot:
         emit(LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self.status()))
         await self._await_health(engine, prepared.facts.size_bytes, emit)
         server_caps = await engine.chat.server_capabilities()
+        if differ := disagreements(self._info.capabilities, server_caps):  # e.g. a template read unlike llama.cpp
+            log.warning("chat template of %s: %s; /props decides", self._info.id, "; ".join(differ))
         ready = replace(self._info, capabilities=merge_server_caps(self._info.capabilities, server_caps))
         self._admission = Admission(spec.parallel, self._settings.queue_size)
         self._transition(ModelState.READY, ready, error=None if launch else "")
@@ -468,8 +473,8 @@ class ModelSlot:
         engine, info, admission = self._engine, self.status(), self._admission
         if self._state is not ModelState.READY or engine is None or admission is None:
             raise self._not_ready()
-        validate(request, info.capabilities)
-        call = chat_call(request, info.capabilities, info.context_length)
+        validate(request, info.capabilities, _slot_context(info))
+        call = chat_call(request, info.capabilities, _slot_context(info))
         generation = _Generation()
         self._generations.add(generation)
         folder = StreamFolder(max_tokens=call.max_tokens)
@@ -501,10 +506,21 @@ class ModelSlot:
         spec = launched[2]
         key = (info.path, spec.gpus)
         learned = learned_speed(self._prompt_speeds.get(key), speed, position=folder.slowest_prompt_position,
-                                slot_context=info.context_length // max(info.parallel, 1),
+                                slot_context=_slot_context(info),
                                 prior=self._prior_speed)
         if learned is not None:
             self._prompt_speeds[key] = learned
+
+    async def count_tokens(self, request: GenerateRequest) -> tuple[int, int]:
+        """The prompt tokens ``request`` takes after the chat template, and
+        what one slot holds. Not queued: llama-server templates and
+        tokenizes it on its HTTP thread, beside any running decode."""
+        engine, info = self._engine, self.status()
+        if self._state is not ModelState.READY or engine is None:
+            raise self._not_ready()
+        validate(request, info.capabilities)
+        tokens = await engine.chat.count_tokens(chat_call(request, info.capabilities, _slot_context(info)))
+        return tokens, _slot_context(info)
 
     async def _why_stream_broke(self, generation: _Generation, error: EngineFailed) -> LlamagateError:
         """A broken stream is often the first news of a stop or a crash: say which."""
@@ -524,6 +540,11 @@ class ModelSlot:
         if self._state is ModelState.FAILED:
             return NoModelLoaded(info.last_error or f"model {info.id} failed")
         return NoModelLoaded("no model is loaded; call LoadModel first")
+
+
+def _slot_context(info: ModelInfo) -> int:
+    """The tokens one slot holds: llama-server splits the context evenly."""
+    return info.context_length // max(info.parallel, 1)
 
 
 def _uncancel() -> None:

@@ -158,7 +158,7 @@ async def recovery(stub, health, model) -> list[str]:
     check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
 
     async def ready_again(old_pid: int) -> bool:
-        status = await stub.GetStatus(pb.GetStatusRequest())
+        status = await stub.GetStatus(pb.GetStatusRequest()).model
         return status.state == pb.MODEL_STATE_READY and status.pid not in (0, old_pid)
 
     _, info = await load(stub, model, context_length=2048)
@@ -194,7 +194,7 @@ async def recovery(stub, health, model) -> list[str]:
 
 async def run(address: str, model, rounds: int) -> list[str]:
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.LlamaGateStub(channel)
+        stub = pb_grpc.LlamaGateServiceStub(channel)
         missed = await cancels(stub, model, rounds)
         missed += await recovery(stub, health_pb2_grpc.HealthStub(channel), model)
     return missed

@@ -90,7 +90,7 @@ async def direct(http: httpx.AsyncClient, body: dict) -> Stream:
     return Stream(first - start, tokens, first, last, engine_rate)
 
 
-async def generate(stub: pb_grpc.LlamaGateStub, request: pb.GenerateRequest) -> Stream:
+async def generate(stub: pb_grpc.LlamaGateServiceStub, request: pb.GenerateRequest) -> Stream:
     start = time.perf_counter()
     first = last = 0.0
     tokens = 0
@@ -212,7 +212,7 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-async def load(stub: pb_grpc.LlamaGateStub, model: Path, **options) -> tuple[float, pb.ModelInfo]:
+async def load(stub: pb_grpc.LlamaGateServiceStub, model: Path, **options) -> tuple[float, pb.ModelInfo]:
     start = time.perf_counter()
     async for event in stub.LoadModel(pb.LoadModelRequest(path=str(model), options=pb.LoadOptions(**options))):
         if event.phase == pb.LOAD_PHASE_READY:
@@ -301,7 +301,7 @@ async def prompt_phase(stub, model: Path, rounds: int) -> float:
 
 async def run(address: str, model: Path, args: argparse.Namespace) -> list[str]:
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.LlamaGateStub(channel)
+        stub = pb_grpc.LlamaGateServiceStub(channel)
         streams = await streams_phase(stub, model, args.rounds)
         if args.streams_only:
             raise SystemExit("verdict: none (--streams-only measures phase 1 alone)")

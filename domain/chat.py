@@ -18,10 +18,81 @@ class Role(enum.Enum):
 
 
 @dataclass(frozen=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    data: bytes
+    mime: str = ""  # "": read from the bytes
+
+
+Part = TextPart | ImagePart
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call an assistant made: ``arguments`` is a JSON object, as text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     role: Role
-    text: str
-    image: bytes = b""
+    parts: tuple[Part, ...] = ()
+    reasoning: str = ""  # assistant: the reasoning that came with this reply
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant
+    tool_call_id: str = ""  # tool: the call this answers
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        return tuple(p for p in self.parts if isinstance(p, ImagePart))
+
+
+def text_message(role: Role, text: str) -> ChatMessage:
+    return ChatMessage(role, (TextPart(text),))
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A tool the client runs: ``parameters`` is a JSON Schema, as text ("" = none)."""
+
+    name: str
+    description: str = ""
+    parameters: str = ""
+
+
+class ToolChoiceMode(enum.Enum):
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ToolChoiceMode = ToolChoiceMode.AUTO
+    name: str = ""  # set: call this tool (mode is then REQUIRED)
+
+
+class FormatKind(enum.Enum):
+    TEXT = "text"
+    JSON_SCHEMA = "json_schema"
+    JSON_OBJECT = "json_object"
+    GRAMMAR = "grammar"
+
+
+@dataclass(frozen=True)
+class ResponseFormat:
+    kind: FormatKind = FormatKind.TEXT
+    text: str = ""  # the schema (JSON text) or the GBNF grammar
 
 
 @dataclass(frozen=True)
@@ -38,6 +109,17 @@ def _ranged(low: float, high: float | None = None, *, above: bool = False) -> An
 
 
 @dataclass(frozen=True)
+class Dry:
+    """DRY repetition penalty; None: llama-server's default (multiplier 0 = off)."""
+
+    multiplier: float | None = _ranged(0.0)
+    base: float | None = _ranged(1.0)
+    allowed_length: int | None = _ranged(0)
+    penalty_last_n: int | None = _ranged(-1)
+    sequence_breakers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Sampling:
     """None means "use the default" (SPEC §12); 0 is a real value (greedy).
     Each number's valid range sits beside it (``domain.generation.validate``)."""
@@ -51,6 +133,11 @@ class Sampling:
     max_tokens: int | None = _ranged(1)
     stop: tuple[str, ...] = ()
     seed: int | None = _ranged(0)
+    frequency_penalty: float | None = _ranged(-2.0, 2.0)
+    repeat_last_n: int | None = _ranged(-1)  # -1: the context; 0: off
+    dry: Dry = field(default_factory=Dry)
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias)
+    top_logprobs: int | None = _ranged(0, 20)  # None: no logprobs
 
 
 @dataclass(frozen=True)
@@ -65,6 +152,10 @@ class GenerateRequest:
     messages: tuple[ChatMessage, ...]
     sampling: Sampling = field(default_factory=Sampling)
     reasoning: ReasoningControls = field(default_factory=ReasoningControls)
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    parallel_tool_calls: bool | None = None  # None: the template's own default
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
 
 
 class FinishReason(enum.Enum):
@@ -79,6 +170,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -90,6 +182,8 @@ class Timings:
     predicted_ms: float = 0.0
     predicted_per_second: float = 0.0
     cache_n: int = 0
+    draft_n: int = 0  # speculative decoding: tokens drafted
+    draft_accepted_n: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,9 +194,17 @@ class Image:
 
 @dataclass(frozen=True)
 class CallMessage:
+    """A message as the engine gets it: parts in order, images with their type."""
+
     role: Role
-    text: str
-    images: tuple[Image, ...] = ()
+    parts: tuple[TextPart | Image, ...] = ()
+    reasoning: str = ""  # only where the template keeps earlier reasoning
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
 
 
 @dataclass(frozen=True)
@@ -115,7 +217,12 @@ class ResolvedSampling:
     min_p: float
     repetition_penalty: float
     presence_penalty: float
+    frequency_penalty: float = 0.0
+    repeat_last_n: int = 64
     seed: int | None = None  # None: the engine picks one
+    dry: Dry = field(default_factory=Dry)
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    top_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +236,35 @@ class ChatCall:
     stop: tuple[str, ...] = ()
     template_kwargs: Mapping[str, bool | str] = field(default_factory=dict)
     wall_clock_limit_ms: int = 0  # 0: none
+    tools: tuple[Tool, ...] = ()  # what the model may call (a named choice: only that one)
+    tool_choice: ToolChoiceMode = ToolChoiceMode.AUTO
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
+
+
+@dataclass(frozen=True)
+class ToolCallFragment:
+    """A piece of the tool call at ``index``; id and name come with its first piece."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
+class TokenAlternative:
+    token: str
+    logprob: float
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    data: bytes = b""
+    top: tuple[TokenAlternative, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -141,16 +277,28 @@ class ChatChunk:
     usage: Usage | None = None
     timings: Timings | None = None
     progress: PromptStep | None = None  # prompt processing: one more decode done
+    tool_calls: tuple[ToolCallFragment, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class ReasoningDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
 class ContentDelta:
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,4 +308,4 @@ class Done:
     timings: Timings
 
 
-GenerateEvent = ReasoningDelta | ContentDelta | Done
+GenerateEvent = ReasoningDelta | ContentDelta | ToolCallDelta | Done

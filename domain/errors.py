@@ -6,10 +6,12 @@ from __future__ import annotations
 class LlamagateError(Exception):
     """Base class: every error the service reports on purpose.
 
-    ``retry_after_s`` is set when trying again later can succeed, with how
-    long to wait (the gRPC edge sends it as a RetryInfo detail).
+    ``reason`` is a stable name a client can branch on (the gRPC edge sends
+    it as an ErrorInfo detail). ``retry_after_s`` is set when trying again
+    later can succeed, with how long to wait (a RetryInfo detail).
     """
 
+    reason: str = "INTERNAL"
     retry_after_s: float | None = None
 
     def __init__(self, *args: object, retry_after_s: float | None = None) -> None:
@@ -17,37 +19,67 @@ class LlamagateError(Exception):
         if retry_after_s is not None:
             self.retry_after_s = retry_after_s
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Numbers behind the error a client may act on (ErrorInfo metadata)."""
+        return {}
+
 
 class InvalidArgument(LlamagateError):
-    """A request field is out of range or malformed."""
+    """A request field is out of range or malformed.
+
+    ``field`` is the field's path in the request ("sampling.temperature",
+    "messages[2].parts[0]"); the message then starts with it.
+    """
+
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.description = message
 
 
 class ModelNotFound(LlamagateError):
     """The model file does not exist."""
 
+    reason = "MODEL_NOT_FOUND"
+
 
 class InvalidModel(LlamagateError):
     """The file exists but is not a usable GGUF model."""
+
+    reason = "INVALID_MODEL"
 
 
 class NoModelLoaded(LlamagateError):
     """The call needs a ready model and none is."""
 
+    reason = "NO_MODEL_LOADED"
+
 
 class NotReady(LlamagateError):
     """The model is loading or being restarted: the same call succeeds shortly."""
+
+    reason = "MODEL_NOT_READY"
 
 
 class Overloaded(LlamagateError):
     """Every slot is busy and the queue is full: try later or elsewhere."""
 
+    reason = "QUEUE_FULL"
+
 
 class EngineNotFound(LlamagateError):
     """No llama-server binary was found; the message lists where we looked."""
 
+    reason = "ENGINE_NOT_FOUND"
+
 
 class EngineFailed(LlamagateError):
     """llama-server exited, refused to start, or went away mid-request."""
+
+    reason = "ENGINE_FAILED"
 
 
 class EngineTimedOut(EngineFailed):
@@ -57,27 +89,51 @@ class EngineTimedOut(EngineFailed):
 class EngineRejected(LlamagateError):
     """llama-server answered a request with a client error (a bad field, an unsupported feature)."""
 
+    reason = "ENGINE_REJECTED"
+
 
 class ContextExceeded(LlamagateError):
     """The conversation does not fit the context a slot of the loaded model holds."""
+
+    reason = "CONTEXT_EXCEEDED"
 
     def __init__(self, message: str, *, prompt_tokens: int = 0, context_length: int = 0) -> None:
         super().__init__(message)
         self.prompt_tokens = prompt_tokens
         self.context_length = context_length
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        numbers = {"prompt_tokens": self.prompt_tokens, "context_length": self.context_length}
+        return {k: str(v) for k, v in numbers.items() if v > 0}
+
+
+class TemplateError(LlamagateError):
+    """A chat template did not render: a syntax error, a failure it raised
+    itself, or rendering past the size or time allowed."""
+
+    reason = "TEMPLATE_ERROR"
+
 
 class Superseded(LlamagateError):
     """A later load or an unload replaced this load before it finished."""
+
+    reason = "SUPERSEDED"
 
 
 class Aborted(LlamagateError):
     """The service ended a generation on purpose: its model was unloaded or replaced."""
 
+    reason = "ABORTED"
+
 
 class Cancelled(LlamagateError):
     """Work stopped because whoever asked for it went away."""
 
+    reason = "CANCELLED"
+
 
 class Internal(LlamagateError):
     """A bug: something failed that no rule foresaw. The message says what."""
+
+    reason = "INTERNAL"

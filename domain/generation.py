@@ -1,4 +1,4 @@
-"""Validating a chat request, shaping it into a ChatCall, folding the stream.
+"""Shaping a checked chat request into a ChatCall, and folding the stream back.
 
 Defaults and the always-on wall-clock backstop are SPEC §12's. Nothing here
 knows how an engine spells a request: ``adapters/llama_http`` turns the
@@ -7,8 +7,7 @@ ChatCall into llama-server's JSON.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from llamagate.domain.batching import PromptStep, step_speed
 from llamagate.domain.capabilities import Capabilities, request_template_kwargs
@@ -23,14 +22,17 @@ from llamagate.domain.chat import (
     GenerateEvent,
     GenerateRequest,
     Image,
-    Range,
+    ImagePart,
     ReasoningDelta,
     ResolvedSampling,
     Sampling,
     Timings,
+    Tool,
+    ToolCallDelta,
+    ToolChoiceMode,
     Usage,
 )
-from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.request_checks import image_mime
 
 DEFAULT_SAMPLING = ResolvedSampling(
     temperature=0.6,
@@ -39,49 +41,14 @@ DEFAULT_SAMPLING = ResolvedSampling(
     min_p=0.01,
     repetition_penalty=1.0,
     presence_penalty=0.0,
+    frequency_penalty=0.0,
+    repeat_last_n=64,
 )
 MAX_TOKENS_WITHOUT_CONTEXT = 32768
 WALL_CLOCK_BACKSTOP_MS = 600_000
 
-_IMAGE_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-    (b"RIFF", "image/webp"),
-)
-
-
-def validate(request: GenerateRequest, caps: Capabilities) -> None:
-    """Raise InvalidArgument naming the first bad field."""
-    if not request.messages:
-        raise InvalidArgument("messages is empty: send at least one message")
-    for i, message in enumerate(request.messages):
-        if message.image and not caps.vision:
-            raise InvalidArgument(f"messages[{i}].image: the loaded model has no vision projector")
-        if message.image and image_mime(message.image) is None:
-            raise InvalidArgument(f"messages[{i}].image: not a PNG, JPEG, GIF or WebP image")
-    for f in fields(Sampling):
-        if "range" in f.metadata:
-            _check(getattr(request.sampling, f.name), f.name, f.metadata["range"])
-    effort = request.reasoning.reasoning_effort
-    if effort not in (None, "low", "medium", "high"):
-        raise InvalidArgument(f"reasoning_effort must be low, medium or high, got {effort!r}")
-
-
-def _check(value: float | None, name: str, valid: Range) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value):  # NaN and ±inf have no meaning here (nor any JSON spelling)
-        raise InvalidArgument(f"sampling.{name} must be a finite number, got {value}")
-    too_low = value <= valid.low if valid.above else value < valid.low
-    if too_low or (valid.high is not None and value > valid.high):
-        lower = f"> {valid.low}" if valid.above else f">= {valid.low}"
-        bound = lower if valid.high is None else f"between {valid.low} and {valid.high}"
-        raise InvalidArgument(f"sampling.{name} must be {bound}, got {value}")
-
-
 def chat_call(request: GenerateRequest, caps: Capabilities, context_length: int) -> ChatCall:
-    """The call to make for a validated request (see ``validate``)."""
+    """The call to make for a validated request (see ``request_checks.validate``)."""
     r = request.reasoning
     kwargs = request_template_kwargs(
         caps,
@@ -89,15 +56,31 @@ def chat_call(request: GenerateRequest, caps: Capabilities, context_length: int)
         reasoning_effort=r.reasoning_effort,
         preserve_thinking=r.preserve_thinking,
     )
+    tools, choice = _tools_offered(request)
     return ChatCall(
-        messages=tuple(_call_message(m) for m in request.messages),
+        messages=tuple(_call_message(m, keep_reasoning=caps.preserve_thinking) for m in request.messages),
         sampling=resolve_sampling(request.sampling),
         # Callers that omit max_tokens must not be cut short.
         max_tokens=request.sampling.max_tokens or context_length or MAX_TOKENS_WITHOUT_CONTEXT,
         stop=request.sampling.stop,
         template_kwargs=kwargs,
         wall_clock_limit_ms=WALL_CLOCK_BACKSTOP_MS,
+        tools=tools,
+        tool_choice=choice,
+        parallel_tool_calls=request.parallel_tool_calls,
+        response_format=request.response_format,
     )
+
+
+def _tools_offered(request: GenerateRequest) -> tuple[tuple[Tool, ...], ToolChoiceMode]:
+    """A named tool choice offers only that tool, and requires a call: the
+    engine's grammar then admits nothing else. NONE offers no tools at all."""
+    choice = request.tool_choice
+    if choice.name:
+        return tuple(t for t in request.tools if t.name == choice.name), ToolChoiceMode.REQUIRED
+    if choice.mode is ToolChoiceMode.NONE:
+        return (), ToolChoiceMode.NONE
+    return request.tools, choice.mode
 
 
 def resolve_sampling(s: Sampling) -> ResolvedSampling:
@@ -109,18 +92,24 @@ def resolve_sampling(s: Sampling) -> ResolvedSampling:
         min_p=d.min_p if s.min_p is None else s.min_p,
         repetition_penalty=d.repetition_penalty if s.repetition_penalty is None else s.repetition_penalty,
         presence_penalty=d.presence_penalty if s.presence_penalty is None else s.presence_penalty,
+        frequency_penalty=d.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty,
+        repeat_last_n=d.repeat_last_n if s.repeat_last_n is None else s.repeat_last_n,
         seed=s.seed,
+        dry=s.dry,
+        logit_bias=s.logit_bias,
+        top_logprobs=s.top_logprobs,
     )
 
 
-def _call_message(message: ChatMessage) -> CallMessage:
-    mime = image_mime(message.image) if message.image else None
-    images = (Image(mime, message.image),) if mime else ()
-    return CallMessage(message.role, message.text, images)
-
-
-def image_mime(data: bytes) -> str | None:
-    return next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), None)
+def _call_message(message: ChatMessage, *, keep_reasoning: bool) -> CallMessage:
+    parts = tuple(
+        Image(part.mime or image_mime(part.data) or "", part.data) if isinstance(part, ImagePart) else part
+        for part in message.parts
+    )
+    # Earlier reasoning goes back only where the template renders it; elsewhere
+    # it would be dropped by the template anyway, or shown as plain text.
+    reasoning = message.reasoning if keep_reasoning else ""
+    return CallMessage(message.role, parts, reasoning, message.tool_calls, message.tool_call_id)
 
 
 @dataclass
@@ -128,8 +117,10 @@ class StreamFolder:
     """Turns engine chunks into deltas and one final Done event.
 
     Keeps the last usage and timings seen (llama-server sends them late). A
-    reply that reasoned but never produced content gets its reasoning as the
-    content, so a client that shows only content still sees an answer. A
+    reply that reasoned but never produced content or a tool call gets its
+    reasoning as the content, so a client that shows only content still sees
+    an answer. Tool-call pieces pass through by index; a token's logprobs go
+    with the first delta of its chunk (none, for tool-call markup). A
     length stop before ``max_tokens`` is the context filling up. Prompt
     progress reports yield nothing; they give the slowest prompt speed seen.
     """
@@ -137,6 +128,7 @@ class StreamFolder:
     max_tokens: int = 0
     reasoning: list[str] = field(default_factory=list)
     saw_content: bool = False
+    saw_tool_call: bool = False
     finish_reason: FinishReason = FinishReason.STOP
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
@@ -146,12 +138,17 @@ class StreamFolder:
 
     def feed(self, chunk: ChatChunk) -> list[GenerateEvent]:
         events: list[GenerateEvent] = []
+        logprobs = chunk.logprobs
         if chunk.reasoning:
             self.reasoning.append(chunk.reasoning)
-            events.append(ReasoningDelta(chunk.reasoning))
+            events.append(ReasoningDelta(chunk.reasoning, logprobs))
+            logprobs = ()
         if chunk.content:
             self.saw_content = True
-            events.append(ContentDelta(chunk.content))
+            events.append(ContentDelta(chunk.content, logprobs))
+        for piece in chunk.tool_calls:
+            self.saw_tool_call = True
+            events.append(ToolCallDelta(piece.index, piece.id, piece.name, piece.arguments))
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
@@ -164,7 +161,7 @@ class StreamFolder:
 
     def finish(self) -> list[GenerateEvent]:
         events: list[GenerateEvent] = []
-        if self.reasoning and not self.saw_content:
+        if self.reasoning and not self.saw_content and not self.saw_tool_call:
             events.append(ContentDelta("".join(self.reasoning)))
         events.append(Done(self._why_ended(), self.usage, self.timings))
         return events

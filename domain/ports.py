@@ -6,15 +6,29 @@ fake of each. Only domain types cross them: no URL, port, flag or raw dict.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.launch import LaunchSpec
 from llamagate.domain.model_facts import ModelFacts
+
+# What a chat template reads: messages, tools and its keyword arguments are
+# JSON-shaped values in the template's own language (role, content, ...).
+TemplateValue: TypeAlias = "str | int | float | bool | None | Sequence[TemplateValue] | Mapping[str, TemplateValue]"
+
+
+class TemplateRenderer(Protocol):
+    def render(self, template: str, messages: Sequence[Mapping[str, TemplateValue]],
+               tools: Sequence[Mapping[str, TemplateValue]], *, add_generation_prompt: bool,
+               extra: Mapping[str, TemplateValue]) -> str:
+        """The prompt ``template`` makes of a conversation (blocking, bounded in
+        time and size); ``extra`` are further variables (``enable_thinking``, ...).
+        Raises TemplateError when the template does not render."""
+        ...
 
 
 class ModelInspector(Protocol):
@@ -49,6 +63,11 @@ class ChatEngine(Protocol):
 
     def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
         """Stream a completion. Raises EngineFailed (EngineTimedOut), EngineRejected or ContextExceeded."""
+        ...
+
+    async def count_tokens(self, call: ChatCall) -> int:
+        """The prompt tokens ``call`` takes after the chat template. Raises
+        EngineFailed or EngineRejected."""
         ...
 
     async def server_capabilities(self) -> ServerCapabilities:

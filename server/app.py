@@ -9,13 +9,13 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from llamagate.adapters import paths
 from llamagate.adapters.child_process import kill_stale_children
 from llamagate.adapters.default_model import ensure_default_model
 from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.gguf_inspector import GgufInspector
+from llamagate.adapters.jinja_template import JinjaTemplateRenderer
 from llamagate.adapters.llama_process import LlamaServerLauncher
 from llamagate.adapters.memory_probe import SystemMemory
 from llamagate.application.slot import ModelSlot
@@ -23,6 +23,7 @@ from llamagate.domain.model_info import ModelInfo
 from llamagate.domain.model_state import ModelState
 from llamagate.domain.ports import MemoryProbe
 from llamagate.server.message_limit import MessageLimit, core_limit
+from llamagate.server.reflection import add_reflection
 from llamagate.server.service import LlamaGateService
 from llamagate.server.settings import Settings
 from llamagate.v1 import llamagate_pb2 as pb
@@ -30,7 +31,7 @@ from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LlamaGate"].full_name
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LlamaGateService"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -41,7 +42,8 @@ def build_slot(settings: Settings, memory: MemoryProbe | None = None) -> ModelSl
         return find_llama_server(settings.env, settings.cache_dir, settings.llama_cpp_dir or None)
 
     launcher = LlamaServerLauncher(find_binary, registry_dir=paths.children_dir(settings.cache_dir), env=settings.env)
-    return ModelSlot(GgufInspector(), launcher, memory or SystemMemory(settings.env), settings.slot)
+    return ModelSlot(GgufInspector(), launcher, memory or SystemMemory(settings.env), settings.slot,
+                     renderer=JinjaTemplateRenderer())
 
 
 async def clean_stale_children(settings: Settings) -> list[int]:
@@ -85,11 +87,9 @@ async def create_server(settings: Settings, slot: ModelSlot | None = None) -> Ap
         options=[("grpc.max_receive_message_length", core_limit(limit))],
     )
     health_servicer = health.aio.HealthServicer()
-    pb_grpc.add_LlamaGateServicer_to_server(LlamaGateService(slot), server)
+    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     try:
         port = server.add_insecure_port(settings.address)
     except RuntimeError as error:  # grpc's way of saying the bind failed

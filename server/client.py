@@ -13,13 +13,13 @@ from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 _DIM, _RESET = ("\033[2m", "\033[0m") if sys.stderr.isatty() else ("", "")
 
 
-def _stub(address: str, connect_timeout: float = 5.0) -> pb_grpc.LlamaGateStub:
+def _stub(address: str, connect_timeout: float = 5.0) -> pb_grpc.LlamaGateServiceStub:
     channel = grpc.insecure_channel(address)
     try:
         grpc.channel_ready_future(channel).result(timeout=connect_timeout)
     except grpc.FutureTimeoutError:
         raise Unreachable(address) from None
-    return pb_grpc.LlamaGateStub(channel)
+    return pb_grpc.LlamaGateServiceStub(channel)
 
 
 class Unreachable(Exception):
@@ -35,11 +35,11 @@ def _fail(error: grpc.RpcError | Unreachable) -> int:
     return 1
 
 
-def wait_until_ready(stub: pb_grpc.LlamaGateStub, timeout: float) -> pb.ModelInfo:
+def wait_until_ready(stub: pb_grpc.LlamaGateServiceStub, timeout: float) -> pb.ModelInfo:
     """Wait while a model is LOADING (e.g. right after `serve` started)."""
     deadline = time.monotonic() + timeout
     while True:
-        info = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+        info = stub.GetStatus(pb.GetStatusRequest(), timeout=10).model
         if info.state != pb.MODEL_STATE_LOADING or time.monotonic() > deadline:
             return info
         time.sleep(0.25)
@@ -73,7 +73,7 @@ def chat(args) -> int:
 
 def status(args) -> int:
     try:
-        info = _stub(args.address, args.connect_timeout).GetStatus(pb.GetStatusRequest(), timeout=10)
+        info = _stub(args.address, args.connect_timeout).GetStatus(pb.GetStatusRequest(), timeout=10).model
     except (grpc.RpcError, Unreachable) as error:
         return _fail(error)
     state = pb.ModelState.Name(info.state).removeprefix("MODEL_STATE_").lower()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from llamagate.domain import chat
 from llamagate.domain.capabilities import Capabilities, ReasoningStyle
 from llamagate.domain.errors import InvalidArgument
 from llamagate.domain.gpus import GpuInfo
@@ -55,39 +54,26 @@ _STYLE = {
     ReasoningStyle.REASONING_EFFORT: pb.REASONING_STYLE_REASONING_EFFORT,
     ReasoningStyle.THINKING: pb.REASONING_STYLE_THINKING,
 }
-_ROLE = {
-    pb.ROLE_SYSTEM: chat.Role.SYSTEM,
-    pb.ROLE_USER: chat.Role.USER,
-    pb.ROLE_ASSISTANT: chat.Role.ASSISTANT,
-    pb.ROLE_TOOL: chat.Role.TOOL,
-}
-_EFFORT = {pb.REASONING_EFFORT_LOW: "low", pb.REASONING_EFFORT_MEDIUM: "medium", pb.REASONING_EFFORT_HIGH: "high"}
-_FINISH = {
-    chat.FinishReason.STOP: pb.FINISH_REASON_STOP,
-    chat.FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    chat.FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
-    chat.FinishReason.CONTEXT_LIMIT: pb.FINISH_REASON_CONTEXT_LIMIT,
-}
 
 
-def _enum(table: dict, value: int, field: str):
+def enum_value(table: dict, value: int, field: str):
     try:
         return table[value]
     except KeyError:
-        raise InvalidArgument(f"{field} has an unknown value {value}") from None
+        raise InvalidArgument(f"unknown value {value}", field=field) from None
 
 
 def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[str, LoadOptions]:
     if request.WhichOneof("source") != "path" or not request.path:
-        raise InvalidArgument("source.path is required: the GGUF file to load")
+        raise InvalidArgument("is required: the GGUF file to load", field="path")
     o = request.options
     return request.path, LoadOptions(
         context_length=o.context_length,
         parallel=o.parallel or 1,
-        cache_type=_enum(_CACHE, o.cache_type, "options.cache_type"),
+        cache_type=enum_value(_CACHE, o.cache_type, "options.cache_type"),
         threads=o.threads,
         chat_template=o.chat_template,
-        speculative=_enum(_SPECULATIVE, o.speculative, "options.speculative"),
+        speculative=enum_value(_SPECULATIVE, o.speculative, "options.speculative"),
         mmproj_path=o.mmproj_path,
         batch_size=o.batch_size,
     )
@@ -97,7 +83,7 @@ def plan_request(request: pb.PlanModelRequest) -> tuple[str, LoadOptions, list[G
     path, options = load_request(request)
     gpus = [GpuInfo(g.index, g.free_bytes) for g in request.gpus] or None
     if gpus and len({g.index for g in gpus}) != len(gpus):
-        raise InvalidArgument("gpus: each simulated GPU index may appear once")
+        raise InvalidArgument("each simulated GPU index may appear once", field="gpus")
     return path, options, gpus
 
 
@@ -133,8 +119,8 @@ def _kv(kv: KvEstimate | None, total: int) -> pb.KvBreakdown:
     )
 
 
-def load_event(event: LoadEvent) -> pb.LoadEvent:
-    message = pb.LoadEvent(
+def load_event(event: LoadEvent) -> pb.LoadModelResponse:
+    message = pb.LoadModelResponse(
         phase=_PHASE[event.phase],
         message=event.message,
         bytes_loaded=event.bytes_loaded,
@@ -165,48 +151,4 @@ def _capabilities(caps: Capabilities) -> pb.Capabilities:
         preserve_thinking=caps.preserve_thinking,
         tools=caps.tools,
         vision=caps.vision,
-    )
-
-
-def generate_request(request: pb.GenerateRequest) -> chat.GenerateRequest:
-    messages = tuple(
-        chat.ChatMessage(_enum(_ROLE, m.role, f"messages[{i}].role"), m.text, m.image)
-        for i, m in enumerate(request.messages)
-    )
-    s = request.sampling
-
-    def opt(name: str):
-        return getattr(s, name) if s.HasField(name) else None
-
-    sampling = chat.Sampling(
-        temperature=opt("temperature"),
-        top_p=opt("top_p"),
-        top_k=opt("top_k"),
-        min_p=opt("min_p"),
-        repetition_penalty=opt("repetition_penalty"),
-        presence_penalty=opt("presence_penalty"),
-        max_tokens=opt("max_tokens"),
-        stop=tuple(s.stop),
-        seed=opt("seed"),
-    )
-    r = request.reasoning
-    reasoning = chat.ReasoningControls(
-        enable_thinking=r.enable_thinking if r.HasField("enable_thinking") else None,
-        reasoning_effort=_EFFORT.get(r.reasoning_effort),
-        preserve_thinking=r.preserve_thinking if r.HasField("preserve_thinking") else None,
-    )
-    return chat.GenerateRequest(messages, sampling, reasoning)
-
-
-def generate_event(event: chat.GenerateEvent) -> pb.GenerateEvent:
-    if isinstance(event, chat.ReasoningDelta):
-        return pb.GenerateEvent(reasoning_delta=event.text)
-    if isinstance(event, chat.ContentDelta):
-        return pb.GenerateEvent(content_delta=event.text)
-    return pb.GenerateEvent(
-        done=pb.GenerateDone(
-            finish_reason=_FINISH[event.finish_reason],
-            usage=pb.Usage(**asdict(event.usage)),  # same field names on both sides
-            timings=pb.Timings(**asdict(event.timings)),
-        )
     )

@@ -35,15 +35,22 @@ def status_for(error: errors.LlamagateError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+ERROR_DOMAIN = "llamagate.dev"
+
+
 def trailing_details(error: errors.LlamagateError) -> tuple[tuple[str, bytes], ...]:
-    """The ``google.rpc.Status`` with the details a client can act on (a
-    RetryInfo when retrying later can succeed); empty when there are none."""
-    if error.retry_after_s is None:
-        return ()
-    delay = duration_pb2.Duration()
-    delay.FromMilliseconds(max(0, round(error.retry_after_s * 1000)))
-    detail = error_details_pb2.RetryInfo(retry_delay=delay)
+    """The ``google.rpc.Status`` with the details a client can act on: an
+    ErrorInfo with the error's stable reason always, a BadRequest naming the
+    field of a bad request, a RetryInfo when retrying later can succeed."""
     code = status_for(error)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=str(error))
-    status.details.add().Pack(detail)
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+    status.details.add().Pack(info)
+    if isinstance(error, errors.InvalidArgument) and error.field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.description)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    if error.retry_after_s is not None:
+        delay = duration_pb2.Duration()
+        delay.FromMilliseconds(max(0, round(error.retry_after_s * 1000)))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
     return ((_DETAILS_KEY, status.SerializeToString()),)

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from llamagate.application.slot import ModelSlot
+from llamagate.domain.chat import Done
 from llamagate.domain.errors import LlamagateError
-from llamagate.server import convert
+from llamagate.server import convert, convert_chat
+from llamagate.server.request_id import REQUEST_ID_KEY, request_id_for
 from llamagate.server.errors import status_for, trailing_details
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
@@ -18,17 +20,17 @@ from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError) -> None:
+async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError, request_id: str = "") -> None:
     code = status_for(error)
-    log.info("%s: %s", code.name, error)
+    log.info("%s%s: %s", f"generate {request_id}: " if request_id else "", code.name, error)
     await context.abort(code, str(error), trailing_details(error))
 
 
-class LlamaGateService(pb_grpc.LlamaGateServicer):
+class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
     def __init__(self, slot: ModelSlot) -> None:
         self._slot = slot
 
-    async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadEvent]:
+    async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadModelResponse]:
         try:
             path, options = convert.load_request(request)
             async with contextlib.aclosing(self._slot.load(path, options)) as events:
@@ -41,22 +43,37 @@ class LlamaGateService(pb_grpc.LlamaGateServicer):
         result = await self._slot.unload()
         return pb.UnloadModelResponse(was_loaded=result.was_loaded, pid=result.pid)
 
-    async def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.ModelInfo:
-        return convert.model_info(self._slot.status())
+    async def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.GetStatusResponse:
+        return pb.GetStatusResponse(model=convert.model_info(self._slot.status()))
 
-    async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateEvent]:
+    async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
+        request_id = ""
         try:
-            domain_request = convert.generate_request(request)
+            request_id = request_id_for(request.request_id, context.invocation_metadata())
+            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+            domain_request = convert_chat.generate_request(request)
+            log.info("generate %s: %d messages, %d tools", request_id, len(request.messages), len(request.tools))
             async with contextlib.aclosing(self._slot.generate(domain_request)) as events:
                 async for event in events:
-                    yield convert.generate_event(event)
+                    if isinstance(event, Done):
+                        log.info("generate %s: %s, %d tokens", request_id, event.finish_reason.value,
+                                 event.usage.completion_tokens)
+                    yield convert_chat.generate_event(event, request_id)
+        except LlamagateError as error:
+            await _abort(context, error, request_id)
+
+    async def CountTokens(self, request: pb.CountTokensRequest, context) -> pb.CountTokensResponse:
+        try:
+            tokens, slot_context = await self._slot.count_tokens(convert_chat.count_request(request))
+            return pb.CountTokensResponse(prompt_tokens=tokens, context_length=slot_context)
         except LlamagateError as error:
             await _abort(context, error)
+            raise  # unreachable: abort raises
 
-    async def PlanModel(self, request: pb.PlanModelRequest, context) -> pb.Plan:
+    async def PlanModel(self, request: pb.PlanModelRequest, context) -> pb.PlanModelResponse:
         try:
             path, options, gpus = convert.plan_request(request)
-            return convert.plan(await self._slot.plan(path, options, gpus))
+            return pb.PlanModelResponse(plan=convert.plan(await self._slot.plan(path, options, gpus)))
         except LlamagateError as error:
             await _abort(context, error)
             raise  # unreachable: abort raises

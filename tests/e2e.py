@@ -8,6 +8,9 @@ import grpc
 import httpx
 import psutil
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llamagate.v1 import llamagate_pb2 as pb
@@ -16,7 +19,7 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def load(stub, path, **options) -> list[pb.LoadEvent]:
+def load(stub, path, **options) -> list[pb.LoadModelResponse]:
     request = pb.LoadModelRequest(path=str(path), options=pb.LoadOptions(**options))
     return list(stub.LoadModel(request, timeout=300))
 
@@ -43,10 +46,22 @@ def engine(pid: int) -> httpx.Client:
     return httpx.Client(base_url=engine_url(pid), headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
 
+def error_details(error: grpc.RpcError) -> dict[str, object]:
+    """The google.rpc details of a status, by type name ("BadRequest", "ErrorInfo", "RetryInfo")."""
+    status = rpc_status.from_call(error)
+    found: dict[str, object] = {}
+    for detail in status.details if status else ():
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo):
+            if detail.Is(kind.DESCRIPTOR):
+                found[kind.DESCRIPTOR.name] = unpacked = kind()
+                detail.Unpack(unpacked)
+    return found
+
+
 def assert_code(call, code: grpc.StatusCode) -> str:
     with pytest.raises(grpc.RpcError) as caught:
         result = call()
-        if not isinstance(result, pb.ModelInfo | pb.UnloadModelResponse):
+        if not isinstance(result, Message):  # a stream: its error comes while reading
             list(result)
     assert caught.value.code() == code, caught.value.details()
     return caught.value.details()

@@ -10,12 +10,12 @@ by shape; ``_conforms`` below lets the type checker prove it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Usage
-from llamagate.domain.errors import EngineFailed, ModelNotFound
+from llamagate.domain.errors import EngineFailed, ModelNotFound, TemplateError
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hyperparameters import Hyperparameters
 from llamagate.domain.launch import LaunchSpec
@@ -27,6 +27,8 @@ from llamagate.domain.ports import (
     EngineProcess,
     MemoryProbe,
     ModelInspector,
+    TemplateRenderer,
+    TemplateValue,
 )
 
 GIB = 1 << 30
@@ -97,6 +99,13 @@ class FakeChat:
                 yield chunk
         finally:
             self.streaming -= 1
+
+    async def count_tokens(self, call: ChatCall) -> int:
+        """A stand-in template: 3 tokens around each message, one per word."""
+        self.calls.append(call)
+        if self._engine.exit is not None:
+            raise EngineFailed("lost connection to llama-server: connection refused")
+        return sum(3 + len(m.text.split()) for m in call.messages)
 
     async def server_capabilities(self) -> ServerCapabilities:
         return self.capabilities
@@ -211,8 +220,29 @@ class FakeLauncher:
         return [e for e in self.engines if e.exit is None]
 
 
-def _conforms(inspector: FakeInspector, memory: FakeMemory, launcher: FakeLauncher, engine: FakeEngine) -> None:
+Records = Sequence[Mapping[str, TemplateValue]]
+
+
+class FakeRenderer:
+    """A template renderer whose output is ``answer(messages, tools, extra)``
+    (None: the template fails); it records every render."""
+
+    def __init__(self, answer: Callable[[Records, Records, Mapping[str, TemplateValue]], str | None]) -> None:
+        self.answer = answer
+        self.renders: list[tuple[str, Records, Records, Mapping[str, TemplateValue]]] = []
+
+    def render(self, template: str, messages: Records, tools: Records, *, add_generation_prompt: bool,
+               extra: Mapping[str, TemplateValue]) -> str:
+        self.renders.append((template, messages, tools, extra))
+        output = self.answer(messages, tools, extra)
+        if output is None:
+            raise TemplateError("the fake template failed")
+        return output
+
+
+def _conforms(inspector: FakeInspector, memory: FakeMemory, launcher: FakeLauncher, engine: FakeEngine,
+              renderer: FakeRenderer) -> None:
     """Never called: the type checker proves each fake satisfies its port."""
-    ports: tuple[ModelInspector, MemoryProbe, EngineLauncher, EngineProcess, ChatEngine] = (
-        inspector, memory, launcher, engine, engine.chat)
+    ports: tuple[ModelInspector, MemoryProbe, EngineLauncher, EngineProcess, ChatEngine, TemplateRenderer] = (
+        inspector, memory, launcher, engine, engine.chat, renderer)
     del ports

@@ -91,12 +91,12 @@ def test_loading_without_an_engine_is_failed_precondition_naming_the_fix(monkeyp
     try:
         from llamagate.v1 import llamagate_pb2_grpc
 
-        stub = llamagate_pb2_grpc.LlamaGateStub(grpc.insecure_channel(service.address))
+        stub = llamagate_pb2_grpc.LlamaGateServiceStub(grpc.insecure_channel(service.address))
         with pytest.raises(grpc.RpcError) as caught:
             list(stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path))))
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "llamagate engine install" in caught.value.details()
         assert str(tmp_path) in caught.value.details()
-        assert stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY
+        assert stub.GetStatus(pb.GetStatusRequest()).model.state == pb.MODEL_STATE_EMPTY
     finally:
         service.close()

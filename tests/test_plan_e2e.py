@@ -47,7 +47,7 @@ def test_plan_model_rpc_plans_for_simulated_gpus(stub, smollm2_path):
     request = pb.PlanModelRequest(path=str(smollm2_path), options=pb.LoadOptions(context_length=4096, parallel=2),
                                   gpus=[pb.SimulatedGpu(index=0, free_bytes=8000 * MIB),
                                         pb.SimulatedGpu(index=3, free_bytes=12000 * MIB)])
-    plan = stub.PlanModel(request)
+    plan = stub.PlanModel(request).plan
 
     assert plan.simulated and plan.fits and plan.offload_all
     assert list(plan.gpus) == [3]  # one GPU is enough: the one with most free memory
@@ -60,7 +60,7 @@ def test_plan_model_rpc_plans_for_simulated_gpus(stub, smollm2_path):
 
 def test_when_no_simulated_gpu_holds_the_model_the_plan_falls_back_to_fit_on(stub, smollm2_path):
     request = pb.PlanModelRequest(path=str(smollm2_path), gpus=[pb.SimulatedGpu(index=0, free_bytes=50 * MIB)])
-    plan = stub.PlanModel(request)
+    plan = stub.PlanModel(request).plan
     assert not plan.fits and not plan.offload_all and list(plan.gpus) == []
     assert plan.context_length == 4096 and plan.ceiling_context_length == 4096
     assert any("--fit on" in reason for reason in plan.reasons)
@@ -101,7 +101,7 @@ def test_a_load_runs_llama_server_with_the_context_its_plan_chose(smollm2_path):
 
     service = RunningService(memory=FakeMemory(host_free=250 * MIB))
     try:
-        stub = llamagate_pb2_grpc.LlamaGateStub(grpc.insecure_channel(service.address))
+        stub = llamagate_pb2_grpc.LlamaGateServiceStub(grpc.insecure_channel(service.address))
         events = list(stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path)), timeout=300))
         planned = next(e for e in events if e.phase == pb.LOAD_PHASE_PLANNING).plan.context_length
 

@@ -19,10 +19,19 @@ import grpc
 import psutil
 import pytest
 from conftest import RunningService
-from e2e import NOT_SERVING, SERVING, ask, assert_code, assert_still_serves, engine, health_of, load, wait_until
-from google.rpc import error_details_pb2
+from e2e import (
+    NOT_SERVING,
+    SERVING,
+    ask,
+    assert_code,
+    assert_still_serves,
+    engine,
+    error_details,
+    health_of,
+    load,
+    wait_until,
+)
 from grpc_health.v1 import health_pb2
-from grpc_status import rpc_status
 
 from llamagate.application.slot import SlotSettings
 from llamagate.application.watchdog import Watchdog
@@ -51,7 +60,7 @@ def service(llama_cpp_tree, smollm2_path):  # conftest's `stub` talks to this on
 
 
 def status(stub) -> pb.ModelInfo:
-    return stub.GetStatus(pb.GetStatusRequest())
+    return stub.GetStatus(pb.GetStatusRequest()).model
 
 
 def busy(child) -> bool:
@@ -134,11 +143,9 @@ def test_two_slots_and_a_queue_of_four_serve_six_and_refuse_four_at_once(stub, s
     assert max(r[1] for r in refused) < min(r[1] for r in done)  # refused at once, not after waiting
     for _, _, error in refused:
         assert error is not None and "LLAMAGATE_QUEUE_SIZE" in error.details()
-        rich = rpc_status.from_call(error)
-        assert rich is not None
-        [detail] = rich.details
-        retry = error_details_pb2.RetryInfo()
-        assert detail.Unpack(retry) and retry.retry_delay.ToMilliseconds() > 0
+        details = error_details(error)
+        assert details["RetryInfo"].retry_delay.ToMilliseconds() > 0
+        assert details["ErrorInfo"].reason == "QUEUE_FULL"
 
 
 # ------------------------------------------------------------ recovery

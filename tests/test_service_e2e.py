@@ -105,7 +105,7 @@ def test_unload_leaves_no_llama_server_process(stub, smollm2_path):
     assert reply.was_loaded and reply.pid == pid
     assert not psutil.pid_exists(pid)
     assert llama_server_children() == []
-    assert stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY
+    assert stub.GetStatus(pb.GetStatusRequest()).model.state == pb.MODEL_STATE_EMPTY
 
 
 def test_a_load_started_while_another_loads_wins_and_the_first_is_cancelled(stub, smollm2_path):
@@ -141,7 +141,7 @@ def test_simultaneous_loads_leave_exactly_one_child(stub, smollm2_path):
     winners = [o for o in outcomes if isinstance(o, int)]
     assert len(outcomes) == 3 and len(winners) >= 1
     assert set(outcomes) - set(winners) <= {grpc.StatusCode.CANCELLED}
-    assert [p.pid for p in llama_server_children()] == [stub.GetStatus(pb.GetStatusRequest()).pid]
+    assert [p.pid for p in llama_server_children()] == [stub.GetStatus(pb.GetStatusRequest()).model.pid]
 
 
 def test_health_is_not_serving_until_a_model_is_ready(service, stub, smollm2_path):
@@ -182,7 +182,7 @@ def test_loading_a_missing_path_is_not_found_and_the_loaded_model_stays(stub, sm
     details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(missing))), grpc.StatusCode.NOT_FOUND)
 
     assert str(missing) in details
-    status = stub.GetStatus(pb.GetStatusRequest())
+    status = stub.GetStatus(pb.GetStatusRequest()).model
     assert (status.state, status.pid) == (pb.MODEL_STATE_READY, pid)
     assert_still_serves(stub)
 
@@ -195,7 +195,7 @@ def test_loading_a_file_that_is_not_gguf_is_invalid_argument_naming_it(stub, smo
     details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(bogus))), grpc.StatusCode.INVALID_ARGUMENT)
 
     assert str(bogus) in details and "GGUF" in details
-    assert stub.GetStatus(pb.GetStatusRequest()).pid == pid
+    assert stub.GetStatus(pb.GetStatusRequest()).model.pid == pid
     assert_still_serves(stub)
 
 
@@ -214,7 +214,7 @@ def test_defect_16_a_header_with_an_absurd_block_count_is_refused_naming_the_key
                                grpc.StatusCode.INVALID_ARGUMENT)
 
     assert "llama.block_count = 16777246" in details and "llama.block_count" in plan_details
-    assert stub.GetStatus(pb.GetStatusRequest()).pid == pid
+    assert stub.GetStatus(pb.GetStatusRequest()).model.pid == pid
     assert_still_serves(stub)
 
 
@@ -256,7 +256,7 @@ def test_a_model_llama_server_cannot_load_fails_with_its_last_output(stub, llama
 
     assert "exited with code" in details and "last output" in details
     assert llama_server_children() == []
-    status = stub.GetStatus(pb.GetStatusRequest())
+    status = stub.GetStatus(pb.GetStatusRequest()).model
     assert status.state == pb.MODEL_STATE_FAILED and "exited with code" in status.last_error
 
 
@@ -268,8 +268,8 @@ def test_defect_18_a_model_llama_server_rejects_brings_the_previous_one_back(ser
     details = assert_code(lambda: stub.LoadModel(pb.LoadModelRequest(path=str(vocab_only))), grpc.StatusCode.UNAVAILABLE)
 
     assert "SmolLM2-135M-Instruct.Q4_1 is being started again" in details
-    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_READY, 60)
-    status = stub.GetStatus(pb.GetStatusRequest())
+    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).model.state == pb.MODEL_STATE_READY, 60)
+    status = stub.GetStatus(pb.GetStatusRequest()).model
     assert status.path == str(smollm2_path.resolve()) and status.pid != old_pid
     assert [p.pid for p in llama_server_children()] == [status.pid]
     check = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
@@ -318,7 +318,7 @@ def test_cancelling_a_load_stops_its_child(stub, smollm2_path):
     call.cancel()
 
     assert wait_until(lambda: not psutil.pid_exists(pid))
-    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY)
+    assert wait_until(lambda: stub.GetStatus(pb.GetStatusRequest()).model.state == pb.MODEL_STATE_EMPTY)
     assert llama_server_children() == []
 
 
@@ -328,7 +328,7 @@ def test_cancelling_a_load_stops_its_child(stub, smollm2_path):
 def test_defect_9_an_image_over_4_mib_reaches_the_service(stub, smollm2_path):
     load(stub, smollm2_path, context_length=1024)
     big_png = b"\x89PNG\r\n\x1a\n" + b"\0" * (6 << 20)
-    request = pb.GenerateRequest(messages=[pb.Message(role=pb.ROLE_USER, text="what is it", image=big_png)])
+    request = pb.GenerateRequest(messages=[pb.Message(role=pb.ROLE_USER, text="what is it", parts=[pb.ContentPart(image=pb.Image(data=big_png))])])
 
     details = assert_code(lambda: stub.Generate(request, timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
 
@@ -347,13 +347,13 @@ def test_defect_9_a_request_over_the_limit_is_refused_naming_the_setting(tmp_pat
     small = RunningService(replace(Settings.from_env(os.environ), max_message_bytes=1 << 20))
     try:
         channel = grpc.insecure_channel(small.address)
-        stub = llamagate_pb2_grpc.LlamaGateStub(channel)
-        request = pb.GenerateRequest(messages=[pb.Message(role=pb.ROLE_USER, image=b"\0" * (3 << 19))])
+        stub = llamagate_pb2_grpc.LlamaGateServiceStub(channel)
+        request = pb.GenerateRequest(messages=[pb.Message(role=pb.ROLE_USER, parts=[pb.ContentPart(image=pb.Image(data=b"\0" * (3 << 19)))])])
 
         details = assert_code(lambda: stub.Generate(request, timeout=30), grpc.StatusCode.RESOURCE_EXHAUSTED)
 
         assert "LLAMAGATE_MAX_MESSAGE_MB" in details and f"{1 << 20:,}" in details
-        assert stub.GetStatus(pb.GetStatusRequest()).state == pb.MODEL_STATE_EMPTY  # still answering
+        assert stub.GetStatus(pb.GetStatusRequest()).model.state == pb.MODEL_STATE_EMPTY  # still answering
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert next(watch).status == SERVING  # streaming handlers pass the size check too
         watch.cancel()
@@ -381,7 +381,7 @@ def test_defect_2_an_engine_that_cannot_run_fails_the_load_and_the_loaded_model_
     settings = Settings.from_env(os.environ)
     service = RunningService(replace(settings, env={**settings.env, "LLAMA_SERVER_PATH": str(binary)}))
     try:
-        stub = llamagate_pb2_grpc.LlamaGateStub(grpc.insecure_channel(service.address))
+        stub = llamagate_pb2_grpc.LlamaGateServiceStub(grpc.insecure_channel(service.address))
         pid = load(stub, smollm2_path, context_length=1024)[-1].model.pid
         broken = tmp_path / "broken"
         broken.write_bytes(b"\x7fELF not really")  # an upgrade gone wrong
@@ -393,7 +393,7 @@ def test_defect_2_an_engine_that_cannot_run_fails_the_load_and_the_loaded_model_
             grpc.StatusCode.UNAVAILABLE)
 
         assert str(binary) in details
-        status = stub.GetStatus(pb.GetStatusRequest())
+        status = stub.GetStatus(pb.GetStatusRequest()).model
         assert (status.state, status.pid, status.context_length) == (pb.MODEL_STATE_READY, pid, 1024)
         assert_still_serves(stub)
     finally:

@@ -1,0 +1,192 @@
+"""Checking a chat request before anything is sent: every bad field named by its path.
+
+Each rule raises ``InvalidArgument`` with ``field`` set to where the problem
+is ("messages[2].parts[0]", "sampling.dry.base"), so a client can point at
+it (the gRPC edge sends it as a BadRequest field violation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import fields
+
+from llamagate.domain.capabilities import Capabilities
+from llamagate.domain.chat import (
+    ChatMessage,
+    Dry,
+    FormatKind,
+    GenerateRequest,
+    ImagePart,
+    Range,
+    Role,
+    Sampling,
+    Tool,
+    ToolChoiceMode,
+)
+from llamagate.domain.errors import InvalidArgument
+
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"RIFF", "image/webp"),
+)
+IMAGE_TYPES = tuple(mime for _, mime in _IMAGE_MAGIC)
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TOP_LOGPROBS = 20
+
+
+def image_mime(data: bytes) -> str | None:
+    """The image type its first bytes say (None: not an image we take)."""
+    mime = next((mime for magic, mime in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if mime == "image/webp" and data[8:12] != b"WEBP":
+        return None  # RIFF holds sound and video too (WAVE, AVI): WebP says so at byte 8
+    return mime
+
+
+def validate(request: GenerateRequest, caps: Capabilities, slot_context: int = 0) -> None:
+    """Raise InvalidArgument naming the first bad field. ``slot_context``:
+    the tokens one slot of the loaded model holds (0: unknown)."""
+    check_messages(request.messages, caps)
+    check_tools(request, caps)
+    _check_format(request)
+    _check_sampling(request.sampling, slot_context)
+    effort = request.reasoning.reasoning_effort
+    if effort not in (None, "low", "medium", "high"):
+        raise InvalidArgument(f"must be low, medium or high, got {effort!r}", field="reasoning.reasoning_effort")
+
+
+def check_messages(messages: tuple[ChatMessage, ...], caps: Capabilities) -> None:
+    if not messages:
+        raise InvalidArgument("is empty: send at least one message", field="messages")
+    call_ids: set[str] = set()
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        _check_parts(message, where, caps)
+        _check_role_fields(message, where, call_ids)
+        call_ids.update(call.id for call in message.tool_calls if call.id)
+
+
+def _check_parts(message: ChatMessage, where: str, caps: Capabilities) -> None:
+    for j, part in enumerate(message.parts):
+        if not isinstance(part, ImagePart):
+            continue
+        at = f"{where}.parts[{j}].image"
+        if message.role is Role.ASSISTANT:
+            raise InvalidArgument("an assistant message cannot carry images", field=at)
+        if not caps.vision:
+            raise InvalidArgument("the loaded model has no vision projector (load it with mmproj_path)", field=at)
+        detected = image_mime(part.data)
+        if detected is None:
+            raise InvalidArgument("not a PNG, JPEG, GIF or WebP image", field=f"{at}.data")
+        if part.mime and part.mime != detected:
+            raise InvalidArgument(f"says {part.mime!r} but the bytes are {detected}", field=f"{at}.mime_type")
+
+
+def _check_role_fields(message: ChatMessage, where: str, earlier_ids: set[str]) -> None:
+    if message.role is not Role.ASSISTANT:
+        if message.tool_calls:
+            raise InvalidArgument("only assistant messages carry tool calls", field=f"{where}.tool_calls")
+        if message.reasoning:
+            raise InvalidArgument("only assistant messages carry reasoning", field=f"{where}.reasoning")
+    for k, call in enumerate(message.tool_calls):
+        if not call.name:
+            raise InvalidArgument("is empty: name the tool that was called", field=f"{where}.tool_calls[{k}].name")
+        _json_object(call.arguments, f"{where}.tool_calls[{k}].arguments")
+    if message.role is Role.TOOL:
+        if not message.tool_call_id:
+            raise InvalidArgument("is empty: a tool message answers a call by its id", field=f"{where}.tool_call_id")
+        if message.tool_call_id not in earlier_ids:
+            raise InvalidArgument(f"no earlier assistant tool call has the id {message.tool_call_id!r}",
+                                  field=f"{where}.tool_call_id")
+    elif message.tool_call_id:
+        raise InvalidArgument("only tool messages answer a tool call", field=f"{where}.tool_call_id")
+
+
+def check_tools(request: GenerateRequest, caps: Capabilities) -> None:
+    names: set[str] = set()
+    for i, tool in enumerate(request.tools):
+        _check_tool(tool, f"tools[{i}]")
+        if tool.name in names:
+            raise InvalidArgument(f"the name {tool.name!r} is used twice", field=f"tools[{i}].name")
+        names.add(tool.name)
+    if request.tools and not caps.tools:
+        raise InvalidArgument("the loaded model's chat template does not support tools "
+                              "(load it with a chat_template that does)", field="tools")
+    choice = request.tool_choice
+    if choice.name and choice.name not in names:
+        raise InvalidArgument(f"{choice.name!r} is not one of the request's tools", field="tool_choice.name")
+    if choice.mode is ToolChoiceMode.REQUIRED and not request.tools:
+        raise InvalidArgument("REQUIRED needs at least one tool in tools", field="tool_choice.mode")
+
+
+def _check_tool(tool: Tool, where: str) -> None:
+    if not _TOOL_NAME.fullmatch(tool.name):
+        raise InvalidArgument(f"must be 1 to 64 of a-z, A-Z, 0-9, _ and -, got {tool.name!r}", field=f"{where}.name")
+    if tool.parameters:
+        _json_object(tool.parameters, f"{where}.parameters")
+
+
+def _check_format(request: GenerateRequest) -> None:
+    fmt = request.response_format
+    if fmt.kind is FormatKind.JSON_SCHEMA:
+        _json_object(fmt.text, "response_format.json_schema")
+    if fmt.kind is FormatKind.GRAMMAR and not fmt.text.strip():
+        raise InvalidArgument("is empty", field="response_format.grammar")
+    if fmt.kind is FormatKind.GRAMMAR and _calls_possible(request):
+        # llama-server constrains a reply with one grammar: the tool calls' own.
+        raise InvalidArgument("a grammar cannot be combined with tools (unless tool_choice is NONE)",
+                              field="response_format.grammar")
+    if request.sampling.top_logprobs is not None and _calls_possible(request):
+        # llama-server refuses it ("logprobs is not supported with tools + stream",
+        # server-common.cpp), and every call here streams.
+        raise InvalidArgument("log probabilities cannot be combined with tools (unless tool_choice is NONE)",
+                              field="sampling.top_logprobs")
+
+
+def _calls_possible(request: GenerateRequest) -> bool:
+    """Tools go to the engine (tool_choice NONE sends none: ``generation.chat_call``)."""
+    return bool(request.tools) and request.tool_choice.mode is not ToolChoiceMode.NONE
+
+
+def _json_object(text: str, field: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise InvalidArgument(f"not valid JSON ({error})", field=field) from None
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"must be a JSON object, got {type(value).__name__}", field=field)
+    return value
+
+
+def _check_sampling(s: Sampling, slot_context: int) -> None:
+    _check_ranges(s, "sampling")
+    _check_ranges(s.dry, "sampling.dry")
+    if s.max_tokens is not None and slot_context and s.max_tokens > slot_context:
+        raise InvalidArgument(f"{s.max_tokens} is more than a slot of the loaded model holds ({slot_context} tokens)",
+                              field="sampling.max_tokens")
+    for i, (token, bias) in enumerate(s.logit_bias):
+        if token < 0:
+            raise InvalidArgument(f"token ids are not negative, got {token}", field=f"sampling.logit_bias[{i}].token")
+        if not math.isfinite(bias):
+            raise InvalidArgument(f"must be a finite number, got {bias}", field=f"sampling.logit_bias[{i}].bias")
+
+
+def _check_ranges(values: Sampling | Dry, prefix: str) -> None:
+    for f in fields(values):
+        if "range" in f.metadata:
+            _check(getattr(values, f.name), f"{prefix}.{f.name}", f.metadata["range"])
+
+
+def _check(value: float | None, name: str, valid: Range) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):  # NaN and ±inf have no meaning here (nor any JSON spelling)
+        raise InvalidArgument(f"must be a finite number, got {value}", field=name)
+    too_low = value <= valid.low if valid.above else value < valid.low
+    if too_low or (valid.high is not None and value > valid.high):
+        lower = f"> {valid.low}" if valid.above else f">= {valid.low}"
+        bound = lower if valid.high is None else f"between {valid.low} and {valid.high}"
+        raise InvalidArgument(f"must be {bound}, got {value}", field=name)
