@@ -280,8 +280,9 @@ class ModelSlot:
         if launch is None:
             self._transition(ModelState.LOADING, ModelInfo(id=prepared.model_id, path=prepared.facts.path))
             load_plan = await self._plan(prepared, None)
-            info, spec = launch_from_plan(
-                load_plan, prepared.options,
+            # In a thread: probing the chat template renders it several times (up to ~0.1 s).
+            info, spec = await asyncio.to_thread(
+                launch_from_plan, load_plan, prepared.options,
                 prompt_speed=self._prompt_speeds.get((prepared.facts.path, load_plan.plan.gpus)),
                 decode_budget_s=decode_budget_s(self._settings.cancel_within_s),
                 host_threads=self._settings.host_threads, renderer=self._renderer)

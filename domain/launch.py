@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
+from typing import TYPE_CHECKING
 
 from llamagate.domain.batching import MAX_BATCH, batch_size, estimated_speed, prompt_cost
 from llamagate.domain.capabilities import (
@@ -20,6 +21,9 @@ from llamagate.domain.load_plan import LoadPlan
 from llamagate.domain.model_info import ModelInfo
 from llamagate.domain.model_state import ModelState
 from llamagate.domain.shards import model_id
+
+if TYPE_CHECKING:  # ports imports this module
+    from llamagate.domain.ports import TemplateRenderer
 
 
 @dataclass(frozen=True)
@@ -39,8 +43,12 @@ class LaunchSpec:
 
 
 def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed: float | None = None,
-                     decode_budget_s: float = 0.0, host_threads: int = 1) -> tuple[ModelInfo, LaunchSpec]:
+                     decode_budget_s: float = 0.0, host_threads: int = 1,
+                     renderer: TemplateRenderer | None = None) -> tuple[ModelInfo, LaunchSpec]:
     """The ModelInfo a load will report and the launch that realises its plan.
+
+    ``renderer`` renders the chat template to read its capabilities (blocking,
+    bounded); without one, the string rules of SPEC §3 alone decide.
 
     The batch is the caller's, else chosen so one decode lasts at most
     ``decode_budget_s``: from ``prompt_speed`` (the slowest measured on this
@@ -51,7 +59,7 @@ def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed:
     facts, plan = load_plan.facts, load_plan.plan
     mid = model_id(PurePath(facts.path).name)
     template = options.chat_template or facts.chat_template
-    caps = capabilities_from_template(template, mid, vision=bool(options.mmproj_path))
+    caps = capabilities_from_template(template, mid, vision=bool(options.mmproj_path), renderer=renderer)
     info = ModelInfo(
         id=mid,
         path=facts.path,
