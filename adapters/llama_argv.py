@@ -15,6 +15,8 @@ HOST = "127.0.0.1"  # loopback only: the child is ours, not the network's
 
 # SPEC §15's values; llama.cpp renamed the ngram-mod knobs (the old
 # --spec-ngram-size-n / --draft-min / --draft-max are now refused).
+# --spec-default needs no draft model: in this llama.cpp it is ngram-mod with
+# n-match 24, n-min 48, n-max 64 (common/arg.cpp), the values below.
 _SPECULATIVE_FLAGS: dict[Speculative, tuple[str, ...]] = {
     Speculative.OFF: (),
     Speculative.DEFAULT: ("--spec-default",),

@@ -99,4 +99,12 @@ def stub(service):
     from llamagate.v1 import llamagate_pb2_grpc
 
     with grpc.insecure_channel(service.address) as channel:
-        yield llamagate_pb2_grpc.LlamaGateStub(channel)
+        yield llamagate_pb2_grpc.LlamaGateServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def tiny_projector(tmp_path_factory) -> Path:
+    """A tiny vision projector with random weights for SmolLM2 (tests/projector.py)."""
+    from projector import write_projector
+
+    return write_projector(tmp_path_factory.mktemp("projector") / "tiny-mmproj.gguf")

@@ -16,6 +16,7 @@ import grpc
 import jsonschema
 import pytest
 from e2e import ask, assert_code, engine, error_details, load
+from projector import tiny_png
 
 from llamagate.v1 import llamagate_pb2 as pb
 
@@ -218,18 +219,6 @@ def test_count_tokens_refuses_a_bad_conversation_and_needs_a_model(stub, smollm2
 # ------------------------------------------------------------ vision
 
 
-def png(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(b"\0" + bytes((x * 7 + y * 3) % 256 for x in range(width * 3)) for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
 def test_images_through_the_projector_add_prompt_tokens_in_order(stub, smollm2_path, tiny_projector):
     info = load(stub, smollm2_path, context_length=2048, mmproj_path=str(tiny_projector))[-1].model
     assert info.capabilities.vision
@@ -239,7 +228,7 @@ def test_images_through_the_projector_add_prompt_tokens_in_order(stub, smollm2_p
         request = pb.GenerateRequest(messages=[message], sampling=pb.Sampling(max_tokens=1, **GREEDY))
         return collect(stub.Generate(request, timeout=120))[2].usage.prompt_tokens
 
-    image = pb.ContentPart(image=pb.Image(data=png(32, 32), mime_type="image/png"))
+    image = pb.ContentPart(image=pb.Image(data=tiny_png(32, 32), mime_type="image/png"))
     text_only, one, two = prompt_tokens(), prompt_tokens(image), prompt_tokens(image, image)
     assert text_only < one < two
     counted = stub.CountTokens(pb.CountTokensRequest(messages=[pb.Message(role=pb.ROLE_USER,
@@ -250,7 +239,7 @@ def test_images_through_the_projector_add_prompt_tokens_in_order(stub, smollm2_p
 
 def test_an_image_with_the_wrong_mime_type_names_the_part(stub, smollm2_path, tiny_projector):
     load(stub, smollm2_path, context_length=2048, mmproj_path=str(tiny_projector))
-    bad = pb.ContentPart(image=pb.Image(data=png(8, 8), mime_type="image/jpeg"))
+    bad = pb.ContentPart(image=pb.Image(data=tiny_png(8, 8), mime_type="image/jpeg"))
     message = pb.Message(role=pb.ROLE_USER, parts=[pb.ContentPart(text="look"), bad])
     with pytest.raises(grpc.RpcError) as caught:
         list(stub.Generate(pb.GenerateRequest(messages=[message]), timeout=60))
