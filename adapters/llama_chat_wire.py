@@ -21,15 +21,22 @@ from llamagate.domain.chat import (
     FormatKind,
     Image,
     ResolvedSampling,
+    Role,
     TextPart,
     TokenAlternative,
     TokenLogprob,
     Tool,
     ToolCall,
     ToolCallFragment,
+    ToolChoiceMode,
     Timings,
     Usage,
 )
+
+# The OpenAI chat API's words, as llama-server spells them.
+_ROLE = {Role.SYSTEM: "system", Role.USER: "user", Role.ASSISTANT: "assistant", Role.TOOL: "tool"}
+_TOOL_CHOICE = {ToolChoiceMode.AUTO: "auto", ToolChoiceMode.NONE: "none", ToolChoiceMode.REQUIRED: "required"}
+_FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "tool_calls": FinishReason.TOOL_CALLS}
 
 # --- the request ---------------------------------------------------------
 
@@ -101,7 +108,7 @@ def _tools_json(call: ChatCall) -> dict[str, object]:
         return {}
     out: dict[str, object] = {
         "tools": [_tool_json(t) for t in call.tools],
-        "tool_choice": call.tool_choice.value,
+        "tool_choice": _TOOL_CHOICE[call.tool_choice],
     }
     if call.parallel_tool_calls is not None:
         out["parallel_tool_calls"] = call.parallel_tool_calls
@@ -128,7 +135,7 @@ def _format_json(call: ChatCall) -> dict[str, object]:
 
 
 def _message_json(message: CallMessage) -> dict[str, object]:
-    out: dict[str, object] = {"role": message.role.value, "content": _content_json(message)}
+    out: dict[str, object] = {"role": _ROLE[message.role], "content": _content_json(message)}
     if message.reasoning:
         out["reasoning_content"] = message.reasoning
     if message.tool_calls:
@@ -180,10 +187,7 @@ def finish_reason(raw: object) -> FinishReason | None:
     """llama-server's string; None while generating; an unknown reason is a STOP."""
     if not isinstance(raw, str) or not raw:
         return None
-    try:
-        return FinishReason(raw)
-    except ValueError:
-        return FinishReason.STOP
+    return _FINISH.get(raw, FinishReason.STOP)
 
 
 def _fragment(raw: dict[str, object]) -> ToolCallFragment:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from llamagate.domain import chat
+from llamagate.domain.errors import InvalidArgument
 from llamagate.server.convert import enum_value
 from llamagate.v1 import llamagate_pb2 as pb
 
@@ -75,6 +76,8 @@ def tools(raw) -> tuple[chat.Tool, ...]:
 
 def _tool_choice(c: pb.ToolChoice) -> chat.ToolChoice:
     if c.WhichOneof("choice") == "name":
+        if not c.name:
+            raise InvalidArgument("is empty: name one of the request's tools, or set mode", field="tool_choice.name")
         return chat.ToolChoice(chat.ToolChoiceMode.REQUIRED, c.name)
     return chat.ToolChoice(enum_value(_TOOL_MODE, c.mode, "tool_choice.mode"))
 

@@ -245,3 +245,22 @@ def test_an_image_with_the_wrong_mime_type_names_the_part(stub, smollm2_path, ti
         list(stub.Generate(pb.GenerateRequest(messages=[message]), timeout=60))
     [violation] = error_details(caught.value)["BadRequest"].field_violations
     assert violation.field == "messages[0].parts[1].image.mime_type"
+
+
+# ------------------------------------------------------------ speculative decoding
+
+
+def test_draft_counts_reach_the_client_and_speculation_keeps_the_greedy_text(stub, smollm2_path):
+    from test_speculative_real import PROMPT
+
+    def reply(speculative: int) -> tuple[str, pb.Timings]:
+        # One batch size for both: the automatic one follows the prompt speeds measured so far, and
+        # on CPU the greedy text itself can differ between batch sizes (near-ties in the logits).
+        load(stub, smollm2_path, context_length=2048, speculative=speculative, batch_size=512)
+        content, _, done, _ = collect(stub.Generate(ask(PROMPT, max_tokens=48, **GREEDY), timeout=120))
+        return content, done.timings
+
+    plain, _ = reply(pb.SPECULATIVE_TYPE_OFF)
+    drafted, timings = reply(pb.SPECULATIVE_TYPE_NGRAM_SIMPLE)
+    assert drafted == plain
+    assert timings.draft_n > 0 and 0 < timings.draft_accepted_n <= timings.draft_n

@@ -9,6 +9,7 @@ import names the one installed package, llamagate.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,11 @@ LAYERS = ("domain", "application", "adapters", "server", "rust_ext")
 FORBIDDEN_IN_DOMAIN = {"grpc", "httpx", "subprocess", "psutil", "huggingface_hub", "pynvml", "requests", "socket",
                        "asyncio", "os", "threading"}
 # Words chat templates use, which SPEC §3's capability rules read from the
-# Jinja source: the template's variables, not the API's JSON.
-TEMPLATE_WORDS = {"reasoning_content"}
+# Jinja source or render with: the template's variables, not the API's JSON.
+TEMPLATE_WORDS = {"reasoning_content", "tool_calls", "tool_call_id"}
+# Words of llamagate's own API that llama-server's JSON happens to share:
+# field names of llamagate.proto, ErrorInfo metadata keys it documents.
+API_WORDS = {"json_schema", "prompt_tokens"}
 # what each layer may import from the project (besides itself)
 MAY_IMPORT = {
     "domain": set(),
@@ -34,9 +38,15 @@ def modules(layer: str) -> list[Path]:
     return found
 
 
-def imported(source: str) -> Iterator[str]:
-    """Every absolute module name a source imports, at any depth."""
-    for node in ast.walk(ast.parse(source)):
+def imported(source: str, *, typing_only: bool = True) -> Iterator[str]:
+    """Every absolute module name a source imports, at any depth
+    (``typing_only=False``: leaving out those under ``if TYPE_CHECKING:``)."""
+    tree = ast.parse(source)
+    if not typing_only:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+                node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -66,6 +76,9 @@ def wire_words(source: str) -> set[str]:
 def test_the_checkers_catch_what_they_look_for():
     source = "import os\nimport grpc.aio\nfrom httpx import AsyncClient\ndef f():\n    import psutil\n"
     assert set(imported(source)) == {"os", "grpc.aio", "httpx", "psutil"}
+    typed = "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import grpc\nimport os\n"
+    assert set(imported(typed)) == {"typing", "grpc", "os"}
+    assert set(imported(typed, typing_only=False)) == {"typing", "os"}
     assert wire_words('x = {"max_tokens": 1}\ny = p["n_ctx"]\nz = d.get("chat_template_caps")\nf = ["--jinja"]') == {
         "max_tokens", "n_ctx", "chat_template_caps", "--jinja"}
 
@@ -79,10 +92,16 @@ def test_no_domain_module_imports_an_io_library_or_asyncio():
 def test_no_llama_server_json_key_or_flag_appears_under_domain():
     wire = set().union(*(wire_words(m.read_text()) for m in (ROOT / "adapters").glob("llama_*.py")))
     assert {"--flash-attn", "max_tokens", "chat_template_caps"} <= wire  # the adapters do own them
-    found = {str(m.relative_to(ROOT)): sorted(strings(m.read_text()) & wire - TEMPLATE_WORDS) for m in modules("domain")}
+    found = {str(m.relative_to(ROOT)): sorted(strings(m.read_text()) & wire - TEMPLATE_WORDS - API_WORDS)
+             for m in modules("domain")}
     flags = {str(m.relative_to(ROOT)): sorted(s for s in strings(m.read_text()) if s.startswith("--"))
              for m in modules("domain")}
     assert {k: v for k, v in found.items() if v} == {} and {k: v for k, v in flags.items() if v} == {}
+
+
+def test_the_api_words_let_through_are_the_apis_own():
+    proto = (ROOT / "proto/llamagate/v1/llamagate.proto").read_text()
+    assert all(re.search(rf"\b{word}\b", proto) for word in API_WORDS)
 
 
 def test_imports_point_down_the_layers_only():
@@ -105,8 +124,9 @@ def test_every_import_of_the_project_names_the_installed_package():
 
 
 def test_domain_modules_import_each_other_without_a_cycle():
-    """model.py used to close a cycle (model -> load_plan -> kv_cache -> model)."""
-    graph = {m.stem: {name.split(".")[2] for name in imported(m.read_text())
+    """model.py used to close a cycle (model -> load_plan -> kv_cache -> model).
+    Imports for type checking only never run, so they close no cycle."""
+    graph = {m.stem: {name.split(".")[2] for name in imported(m.read_text(), typing_only=False)
                       if name.startswith("llamagate.domain.") and name.count(".") >= 2}
              for m in modules("domain")}
     done: set[str] = set()

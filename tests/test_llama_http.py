@@ -13,6 +13,7 @@ import base64
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -23,7 +24,6 @@ from llamagate.adapters.llama_http import (
     DONE,
     LlamaHttpClient,
     capabilities_from_props,
-    chunk_from_json,
     parse_sse_line,
 )
 from llamagate.domain.batching import PromptStep
@@ -36,7 +36,9 @@ from llamagate.domain.chat import (
     Image,
     ResolvedSampling,
     Role,
+    TextPart,
     Timings,
+    Tool,
     Usage,
 )
 from llamagate.domain.errors import (
@@ -49,7 +51,7 @@ from llamagate.domain.errors import (
 SAMPLING = ResolvedSampling(
     temperature=0.6, top_p=0.95, top_k=20, min_p=0.01, repetition_penalty=1.0, presence_penalty=0.0
 )
-CALL = ChatCall(messages=(CallMessage(Role.USER, "Say hi"),), sampling=SAMPLING, max_tokens=64)
+CALL = ChatCall(messages=(CallMessage(Role.USER, (TextPart("Say hi"),)),), sampling=SAMPLING, max_tokens=64)
 
 # What the pinned llama-server streamed for "Say hi" (max_tokens 3), byte for byte.
 REAL_STREAM = (
@@ -128,7 +130,7 @@ def sent_body(call: ChatCall) -> dict:
 
 def test_the_body_carries_every_spec_12_key():
     call = ChatCall(
-        messages=(CallMessage(Role.SYSTEM, "Be brief."), CallMessage(Role.USER, "Say hi")),
+        messages=(CallMessage(Role.SYSTEM, (TextPart("Be brief."),)), CallMessage(Role.USER, (TextPart("Say hi"),))),
         sampling=ResolvedSampling(0.2, 0.9, 0, 0.05, 1.1, -0.5, seed=7),
         max_tokens=321,
         stop=("</s>", "\n\n"),
@@ -146,6 +148,8 @@ def test_the_body_carries_every_spec_12_key():
         "min_p": 0.05,
         "repeat_penalty": 1.1,
         "presence_penalty": -0.5,
+        "frequency_penalty": 0.0,
+        "repeat_last_n": 64,
         "max_tokens": 321,
         "t_max_predict_ms": 600_000,
         "stop": ["</s>", "\n\n"],
@@ -161,7 +165,7 @@ def test_unset_optional_keys_are_left_out():
 
 def test_images_become_data_url_parts_next_to_the_text():
     png = b"\x89PNG\r\n\x1a\nfake"
-    call = ChatCall((CallMessage(Role.USER, "What is this?", (Image("image/png", png),)),), SAMPLING, 16)
+    call = ChatCall((CallMessage(Role.USER, (TextPart("What is this?"), Image("image/png", png))),), SAMPLING, 16)
 
     [message] = sent_body(call)["messages"]
 
@@ -200,7 +204,7 @@ def test_a_real_stream_decodes_into_deltas_then_finish_usage_and_timings():
 
     assert "".join(c.content for c in chunks) == "I'm glad"
     assert [c.finish_reason for c in chunks if c.finish_reason] == [FinishReason.LENGTH]
-    assert chunks[-1].usage == Usage(prompt_tokens=32, completion_tokens=3, total_tokens=35)
+    assert chunks[-1].usage == Usage(prompt_tokens=32, completion_tokens=3, total_tokens=35, cached_prompt_tokens=31)
     assert chunks[-1].timings == Timings(1, 7.067, 141.5027593038064, 3, 13.993, 142.9286071607232, 31)
 
 
@@ -214,22 +218,6 @@ def test_reasoning_content_is_reasoning():
         ("hmm", "", None),
         ("", "Hi", FinishReason.STOP),
     ]
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("stop", FinishReason.STOP),
-        ("length", FinishReason.LENGTH),
-        ("tool_calls", FinishReason.TOOL_CALLS),
-        ("content_filter", FinishReason.STOP),  # unknown: still an end
-        (None, None),
-        ("", None),
-        (3, None),
-    ],
-)
-def test_finish_reasons_map_to_the_enum(raw, expected):
-    assert chunk_from_json({"choices": [{"delta": {}, "finish_reason": raw}]}).finish_reason is expected
 
 
 def test_keep_alive_pings_and_malformed_lines_are_skipped():
@@ -416,23 +404,7 @@ def test_cancelling_while_waiting_for_the_first_byte_returns_at_once():
         asyncio.run(scenario())
 
 
-# --- defensive decoding (defect 7) ------------------------------------------
-
-
-def test_defect_7_null_usage_and_timings_fields_decode_as_zero():
-    final = json.loads(REAL_STREAM.split(b"data: ")[-2])
-    final["usage"] = {"completion_tokens": None, "prompt_tokens": 32, "total_tokens": None}
-    final["timings"] = {"prompt_n": None, "predicted_ms": None, "predicted_n": "3", "cache_n": 31}
-
-    chunk = chunk_from_json(final)
-
-    assert chunk.usage == Usage(prompt_tokens=32, completion_tokens=0, total_tokens=0)
-    assert chunk.timings == Timings(cache_n=31)
-
-
-def test_defect_7_null_usage_and_timings_decode_as_absent():
-    chunk = chunk_from_json({"choices": [], "usage": None, "timings": None})
-    assert (chunk.usage, chunk.timings) == (None, None)
+# --- defensive decoding (defect 7; field by field in test_chat_wire.py) -------
 
 
 JSON_VALUES = st.recursive(
@@ -465,18 +437,6 @@ POSITIONS = [
     *(("timings", f) for f in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n", "predicted_ms",
                               "predicted_per_second", "cache_n")),
 ]  # fmt: skip
-
-
-@given(position=st.sampled_from(POSITIONS), value=JSON_VALUES)
-def test_defect_7_any_json_value_in_any_position_decodes_without_raising(position, value):
-    chunk = chunk_from_json(_set(position, value))
-
-    assert isinstance(chunk.content, str) and isinstance(chunk.reasoning, str)
-    assert chunk.finish_reason is None or isinstance(chunk.finish_reason, FinishReason)
-    if chunk.usage is not None:
-        assert all(type(n) is int for n in (chunk.usage.prompt_tokens, chunk.usage.total_tokens))
-    if chunk.timings is not None:
-        assert type(chunk.timings.predicted_n) is int and type(chunk.timings.predicted_ms) is float
 
 
 @given(position=st.sampled_from(POSITIONS), value=JSON_VALUES)
@@ -562,13 +522,6 @@ def test_prompt_progress_chunks_decode_to_steps_and_carry_no_text():
     assert chunks[3].progress is None and chunks[3].finish_reason is FinishReason.LENGTH
 
 
-@given(st.dictionaries(st.sampled_from(["processed", "time_ms", "total"]),
-                       st.one_of(st.none(), st.integers(), st.floats(), st.text(), st.booleans())))
-def test_a_malformed_progress_object_decodes_without_failing(progress):
-    chunk = chunk_from_json({"prompt_progress": progress})
-    assert chunk.progress is not None and isinstance(chunk.progress.processed, int)
-
-
 def test_a_stream_asks_for_its_own_connection_which_llama_server_closes_after_it():
     seen: list[httpx.Request] = []
 
@@ -578,3 +531,92 @@ def test_a_stream_asks_for_its_own_connection_which_llama_server_closes_after_it
 
     collect(client_for(handler))
     assert seen[0].headers["connection"] == "close"
+
+
+# --- token counting (issue 9) ----------------------------------------------
+
+COUNT_CALL = ChatCall(
+    messages=(CallMessage(Role.USER, (TextPart("weather?"),)),),
+    sampling=SAMPLING, max_tokens=64, template_kwargs={"enable_thinking": False},
+    tools=(Tool("get_weather"),),
+)
+
+
+def count_with(handler: Callable[[httpx.Request], httpx.Response]) -> int:
+    async def scenario() -> int:
+        client = client_for(handler)
+        try:
+            return await client.count_tokens(COUNT_CALL)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(scenario())
+
+
+def test_counting_tokens_sends_what_the_template_sees_to_llama_servers_own_counter():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"input_tokens": 42})
+
+    assert count_with(handler) == 42
+    [request] = seen
+    assert (request.method, request.url.path) == ("POST", "/v1/chat/completions/input_tokens")
+    body = json.loads(request.content)
+    # Only what the template renders: no sampling, no streaming.
+    assert body == {
+        "messages": [{"role": "user", "content": "weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather",
+                                                    "parameters": {"type": "object", "properties": {}}}}],
+        "tool_choice": "auto",
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
+    assert request.headers["authorization"] == "Bearer secret-key"
+
+
+def test_a_count_refused_by_llama_server_is_its_error():
+    with pytest.raises(ContextExceeded) as caught:
+        count_with(lambda r: httpx.Response(400, content=CONTEXT_EXCEEDED_BODY))
+    assert caught.value.prompt_tokens == 431
+    body = error_body("invalid_request_error", "bad tools", 400)
+    with pytest.raises(EngineRejected, match="bad tools"):
+        count_with(lambda r: httpx.Response(400, json=body))
+
+
+@pytest.mark.parametrize("answer", [{}, {"input_tokens": "42"}, {"input_tokens": -1}, {"input_tokens": True}, [42]])
+def test_a_count_without_a_count_is_an_engine_failure(answer):
+    with pytest.raises(EngineFailed, match="without input_tokens"):
+        count_with(lambda r: httpx.Response(200, json=answer))
+
+
+def test_a_count_on_a_lost_connection_is_an_engine_failure():
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    with pytest.raises(EngineFailed, match="lost connection"):
+        count_with(refused)
+
+
+# --- logprobs through the stream (issue 9) -------------------------------------
+
+LOGPROB_FRAME = {"choices": [{"delta": {"content": "Hi"}, "finish_reason": None, "logprobs": {"content": [
+    {"token": "Hi", "logprob": -0.25, "bytes": [72, 105],
+     "top_logprobs": [{"token": "Hi", "logprob": -0.25, "bytes": [72, 105]}]}]}}]}
+
+
+def test_the_stream_decodes_logprobs_as_the_request_asked():
+    def logprobs_of(top_logprobs: int | None):
+        call = ChatCall((text_call_message("hi"),), replace(SAMPLING, top_logprobs=top_logprobs), 8)
+        [chunk] = collect(client_for(streaming(sse(LOGPROB_FRAME) + b"data: [DONE]\n\n")), call)
+        return chunk.logprobs
+
+    assert logprobs_of(None) == ()  # not asked: whatever came is not passed on
+    [token] = logprobs_of(0)
+    assert (token.token, token.logprob, token.data, token.top) == ("Hi", -0.25, b"Hi", ())
+    [token] = logprobs_of(1)
+    assert [(a.token, a.logprob) for a in token.top] == [("Hi", -0.25)]
+
+
+def text_call_message(text: str) -> CallMessage:
+    return CallMessage(Role.USER, (TextPart(text),))

@@ -24,6 +24,7 @@ from llamagate.domain.chat import (
     FinishReason,
     ResolvedSampling,
     Role,
+    TextPart,
 )
 from llamagate.domain.errors import ContextExceeded, EngineFailed, EngineNotFound
 from llamagate.domain.launch import LaunchSpec
@@ -78,7 +79,7 @@ def test_a_launched_child_gets_ready_answers_and_stops_leaving_nothing(launcher,
         template = template_file_of(engine.pid)
         recorded = read_records(registry)
         await ready(engine)
-        call = ChatCall((CallMessage(Role.USER, "Say hi"),), SAMPLING, max_tokens=8)
+        call = ChatCall((CallMessage(Role.USER, (TextPart("Say hi"),)),), SAMPLING, max_tokens=8)
         chunks = [chunk async for chunk in engine.chat.stream_chat(call)]
         caps = await engine.chat.server_capabilities()
         await engine.stop()
@@ -122,7 +123,7 @@ def test_a_prompt_larger_than_a_slot_is_context_exceeded_with_llama_servers_numb
         engine = await launcher.launch(smol(smollm2_path, context_length=256))
         try:
             await ready(engine)
-            call = ChatCall((CallMessage(Role.USER, "word " * 400),), SAMPLING, max_tokens=8)
+            call = ChatCall((CallMessage(Role.USER, (TextPart("word " * 400),)),), SAMPLING, max_tokens=8)
             with pytest.raises(ContextExceeded) as caught:
                 [_ async for _ in engine.chat.stream_chat(call)]
             return caught.value

@@ -19,12 +19,12 @@ from llamagate.application.watchdog import Watchdog
 from llamagate.domain.batching import PromptStep
 from llamagate.domain.chat import (
     ChatChunk,
-    ChatMessage,
     ContentDelta,
     Done,
     GenerateRequest,
     Role,
     Sampling,
+    text_message,
 )
 from llamagate.domain.errors import (
     Aborted,
@@ -51,7 +51,7 @@ NO_RESTARTS = SlotSettings(restart=RestartPolicy(enabled=False))
 # Restarts at once, twice at most; a silent engine is frozen after 50 ms.
 RESTARTS = SlotSettings(restart=RestartPolicy(max_restarts=2, backoff_s=0.0, max_backoff_s=0.0),
                         watchdog=Watchdog(interval_s=0.005, silent_after_s=0.05))
-QUESTION = GenerateRequest((ChatMessage(Role.USER, "hi"),), Sampling(max_tokens=8))
+QUESTION = GenerateRequest((text_message(Role.USER, "hi"),), Sampling(max_tokens=8))
 
 
 class World:
@@ -434,13 +434,46 @@ def test_generate_sends_the_domains_call_and_streams_deltas_then_done():
         engine = w.launcher.alive()[0]
         engine.chat.script = reply("Hel", "lo")
 
-        events = await w.ask(GenerateRequest((ChatMessage(Role.USER, "hi"),), Sampling(temperature=0.0)))
+        events = await w.ask(GenerateRequest((text_message(Role.USER, "hi"),), Sampling(temperature=0.0)))
 
         assert [e.text for e in events if isinstance(e, ContentDelta)] == ["Hel", "lo"]
         assert isinstance(events[-1], Done) and events[-1].usage.completion_tokens == 2
         call = engine.chat.calls[0]
         assert call.sampling.temperature == 0.0 and call.sampling.top_k == 20
         assert call.max_tokens == 2048  # unset: the context, so no answer is cut short
+
+    run(story)
+
+
+def test_max_tokens_above_what_a_slot_holds_is_refused_before_the_engine_hears_of_it():
+    async def story(w: World) -> None:
+        await w.load(A, context_length=2048, parallel=2)  # 1024 tokens a slot
+        engine = w.launcher.alive()[0]
+
+        refused = await error_of(w.ask(GenerateRequest((text_message(Role.USER, "hi"),), Sampling(max_tokens=1025))))
+
+        assert isinstance(refused, InvalidArgument) and refused.field == "sampling.max_tokens"
+        assert "1024" in str(refused) and engine.chat.calls == []
+        engine.chat.script = reply("ok")
+        await w.ask(GenerateRequest((text_message(Role.USER, "hi"),), Sampling(max_tokens=1024)))
+        assert engine.chat.calls[0].max_tokens == 1024
+
+    run(story)
+
+
+def test_count_tokens_asks_the_engine_and_says_what_a_slot_holds():
+    async def story(w: World) -> None:
+        not_loaded = await error_of(w.slot.count_tokens(QUESTION))
+        await w.load(A, context_length=2048, parallel=2)
+        engine = w.launcher.alive()[0]
+
+        tokens, holds = await w.slot.count_tokens(GenerateRequest((text_message(Role.USER, "three words here"),)))
+        bad = await error_of(w.slot.count_tokens(GenerateRequest(())))
+
+        assert isinstance(not_loaded, NoModelLoaded)
+        assert (tokens, holds) == (3 + 3, 1024)  # the fake template: 3 around a message, 1 a word
+        assert engine.chat.calls[0].messages[0].text == "three words here"
+        assert isinstance(bad, InvalidArgument) and bad.field == "messages" and len(engine.chat.calls) == 1
 
     run(story)
 
