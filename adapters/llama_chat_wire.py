@@ -23,13 +23,13 @@ from llamagate.domain.chat import (
     ResolvedSampling,
     Role,
     TextPart,
+    Timings,
     TokenAlternative,
     TokenLogprob,
     Tool,
     ToolCall,
-    ToolCallFragment,
+    ToolCallDelta,
     ToolChoiceMode,
-    Timings,
     Usage,
 )
 
@@ -190,9 +190,9 @@ def finish_reason(raw: object) -> FinishReason | None:
     return _FINISH.get(raw, FinishReason.STOP)
 
 
-def _fragment(raw: dict[str, object]) -> ToolCallFragment:
+def _fragment(raw: dict[str, object]) -> ToolCallDelta:
     function = json_dict(raw.get("function"))
-    return ToolCallFragment(
+    return ToolCallDelta(
         index=_count(raw.get("index")),
         id=json_str(raw.get("id")),
         name=json_str(function.get("name")),

@@ -243,7 +243,7 @@ class ChatCall:
 
 
 @dataclass(frozen=True)
-class ToolCallFragment:
+class ToolCallDelta:
     """A piece of the tool call at ``index``; id and name come with its first piece."""
 
     index: int
@@ -277,7 +277,7 @@ class ChatChunk:
     usage: Usage | None = None
     timings: Timings | None = None
     progress: PromptStep | None = None  # prompt processing: one more decode done
-    tool_calls: tuple[ToolCallFragment, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
 
 
@@ -291,14 +291,6 @@ class ReasoningDelta:
 class ContentDelta:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
-
-
-@dataclass(frozen=True)
-class ToolCallDelta:
-    index: int
-    id: str = ""
-    name: str = ""
-    arguments: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from llamagate.domain.chat import (
     Sampling,
     Timings,
     Tool,
-    ToolCallDelta,
     ToolChoiceMode,
     Usage,
 )
@@ -146,9 +145,9 @@ class StreamFolder:
         if chunk.content:
             self.saw_content = True
             events.append(ContentDelta(chunk.content, logprobs))
-        for piece in chunk.tool_calls:
+        if chunk.tool_calls:
             self.saw_tool_call = True
-            events.append(ToolCallDelta(piece.index, piece.id, piece.name, piece.arguments))
+            events.extend(chunk.tool_calls)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
         if chunk.usage is not None:

@@ -34,7 +34,7 @@ from llamagate.domain.chat import (
     TokenLogprob,
     Tool,
     ToolCall,
-    ToolCallFragment,
+    ToolCallDelta,
     ToolChoiceMode,
     Usage,
 )
@@ -203,9 +203,9 @@ def test_streamed_tool_call_pieces_decode_by_index():
                              "function": {"name": "get_weather", "arguments": '{"ci'}}]}
     more = {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}},
                            {"index": 1, "id": "call_2", "function": {"name": "get_time", "arguments": ""}}]}
-    assert chunk(first).tool_calls == (ToolCallFragment(0, "call_1", "get_weather", '{"ci'),)
-    assert chunk(more).tool_calls == (ToolCallFragment(0, "", "", 'ty": "Paris"}'),
-                                      ToolCallFragment(1, "call_2", "get_time", ""))
+    assert chunk(first).tool_calls == (ToolCallDelta(0, "call_1", "get_weather", '{"ci'),)
+    assert chunk(more).tool_calls == (ToolCallDelta(0, "", "", 'ty": "Paris"}'),
+                                      ToolCallDelta(1, "call_2", "get_time", ""))
 
 
 LOGPROB_CHUNK = {"choices": [{"index": 0, "finish_reason": None, "delta": {"content": "Hi"}, "logprobs": {"content": [
@@ -370,7 +370,7 @@ def test_every_position_is_covered_and_a_well_formed_chunk_decodes_in_full():
     assert len(POSITIONS) > 40
     decoded = chunk_from_json(full_chunk(), alternatives=20)
     assert (decoded.content, decoded.reasoning, decoded.finish_reason) == ("x", "y", FinishReason.TOOL_CALLS)
-    assert decoded.tool_calls == (ToolCallFragment(0, "c", "f", "{}"),) and len(decoded.logprobs) == 2
+    assert decoded.tool_calls == (ToolCallDelta(0, "c", "f", "{}"),) and len(decoded.logprobs) == 2
     assert decoded.timings == Timings(1, 1.0, 1.0, 1, 1.0, 1.0, 1, 1, 1)
     _valid(decoded)
 

@@ -32,7 +32,6 @@ from llamagate.domain.chat import (
     Tool,
     ToolCall,
     ToolCallDelta,
-    ToolCallFragment,
     ToolChoice,
     ToolChoiceMode,
     Usage,
@@ -178,8 +177,8 @@ def fold(*chunks: ChatChunk, max_tokens: int = 0) -> list:
 def test_tool_call_pieces_pass_through_by_index_and_reasoning_is_not_made_the_answer():
     events = fold(
         ChatChunk(reasoning="need the weather"),
-        ChatChunk(tool_calls=(ToolCallFragment(0, "call_1", "get_weather", '{"ci'),)),
-        ChatChunk(tool_calls=(ToolCallFragment(0, arguments='ty": "Paris"}'), ToolCallFragment(1, "call_2", "x"))),
+        ChatChunk(tool_calls=(ToolCallDelta(0, "call_1", "get_weather", '{"ci'),)),
+        ChatChunk(tool_calls=(ToolCallDelta(0, arguments='ty": "Paris"}'), ToolCallDelta(1, "call_2", "x"))),
         ChatChunk(finish_reason=FinishReason.TOOL_CALLS),
     )
     assert events[:-1] == [
@@ -201,7 +200,7 @@ def test_logprobs_go_with_the_first_delta_of_their_chunk_only():
     assert both[:2] == [ReasoningDelta("r", LP), ContentDelta("Hi")]
     assert fold(ChatChunk(content="Hi", logprobs=LP))[0] == ContentDelta("Hi", LP)
     # Tool-call markup carries none: its tokens are not the reply's text.
-    call_only = fold(ChatChunk(tool_calls=(ToolCallFragment(0, "c", "f"),), logprobs=LP))
+    call_only = fold(ChatChunk(tool_calls=(ToolCallDelta(0, "c", "f"),), logprobs=LP))
     assert call_only[0] == ToolCallDelta(0, "c", "f") and not any(getattr(e, "logprobs", ()) for e in call_only)
 
 
@@ -215,7 +214,7 @@ def test_a_length_stop_before_max_tokens_is_the_context_filling_up():
     assert ended(64, 64) is FinishReason.LENGTH
 
 
-fragments = st.builds(ToolCallFragment, st.integers(0, 3), st.text(max_size=4), st.text(max_size=4),
+fragments = st.builds(ToolCallDelta, st.integers(0, 3), st.text(max_size=4), st.text(max_size=4),
                       st.text(max_size=8))
 chunks = st.builds(ChatChunk, reasoning=texts, content=texts, tool_calls=st.lists(fragments, max_size=2).map(tuple),
                    logprobs=st.sampled_from([(), LP]))
