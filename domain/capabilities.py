@@ -1,9 +1,10 @@
 """What a model can do, read from its chat template (SPEC §3).
 
-Tools and preserved reasoning come from rendering the template, as
-llama.cpp probes it (``probe_template``); the string rules over the Jinja
-source decide them only when it does not render, and always decide the
-reasoning style, always-on reasoning and the default. What the engine
+Tools, preserved reasoning and the reasoning style come from rendering the
+template, as llama.cpp probes it (``probe_template``): the style is the
+first switch whose value changes the prompt. The string rules over the Jinja
+source decide them only when it does not render, and always decide
+always-on reasoning and the default. What the engine
 reports after launch (``ServerCapabilities``) is the cross-check applied by
 ``merge_server_caps``.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -61,11 +62,11 @@ def capabilities_from_template(template: str | None, model_id: str, *, vision: b
                                renderer: TemplateRenderer | None = None) -> Capabilities:
     """``renderer`` renders the template (None: the string rules alone)."""
     text = template or ""
-    style = _reasoning_style(text, model_id)
+    rendered = probe_template(text, renderer) if renderer is not None and text else None
+    style = rendered.style if rendered and rendered.style else _reasoning_style(text, model_id)
     always_on = style is ReasoningStyle.NONE and (  # reasoning_content: the template's own variable
         ("<think>" in text and "</think>" in text) or "reasoning_content" in text
     )
-    rendered = probe_template(text, renderer) if renderer is not None and text else None
     return Capabilities(
         reasoning=style is not ReasoningStyle.NONE or always_on,
         reasoning_style=style,
@@ -140,6 +141,16 @@ def _reasoning_conversation() -> _Records:
 class RenderedCapabilities:
     tools: bool
     preserve_reasoning: bool
+    style: ReasoningStyle | None = None  # None: a switch's renderings failed, the string rules decide
+
+
+# The reasoning switches in SPEC §3's order, each with an off and an on value:
+# the first whose value changes the rendered prompt is the template's.
+_SWITCHES = (
+    (ReasoningStyle.ENABLE_THINKING, "enable_thinking", False, True),
+    (ReasoningStyle.REASONING_EFFORT, "reasoning_effort", "low", "high"),
+    (ReasoningStyle.THINKING, "thinking", False, True),
+)
 
 
 def probe_template(template: str, renderer: TemplateRenderer) -> RenderedCapabilities | None:
@@ -167,7 +178,19 @@ def probe_template(template: str, renderer: TemplateRenderer) -> RenderedCapabil
     return RenderedCapabilities(
         tools=(objects_settle or with_string is not None) and shown,
         preserve_reasoning=reasoning is not None and _REASONING_PLACEHOLDER in reasoning,
+        style=_style_by_rendering(render),
     )
+
+
+def _style_by_rendering(render: Callable[..., str | None]) -> ReasoningStyle | None:
+    question: _Records = ({"role": "user", "content": "User message"},)
+    for style, name, off, on in _SWITCHES:
+        renderings = render(question, extra={name: off}), render(question, extra={name: on})
+        if None in renderings:
+            return None
+        if renderings[0] != renderings[1]:
+            return style
+    return ReasoningStyle.NONE
 
 
 def _reasoning_style(text: str, model_id: str) -> ReasoningStyle:

@@ -188,6 +188,10 @@ def test_the_probes_are_llama_cpps_conversations():
         (["user", "assistant", "user", "assistant", "user"], False,
          {"enable_thinking": True, "preserve_thinking": True, "clear_thinking": False,
           "truncate_history_thinking": False, "drop_thinking": False}),
+        # each reasoning switch off and on, in SPEC §3's order (none changes this prompt)
+        (["user"], False, {"enable_thinking": False}), (["user"], False, {"enable_thinking": True}),
+        (["user"], False, {"reasoning_effort": "low"}), (["user"], False, {"reasoning_effort": "high"}),
+        (["user"], False, {"thinking": False}), (["user"], False, {"thinking": True}),
     ]
     assert all(template == "T" for template, *_ in fake.renders)
 
@@ -204,16 +208,38 @@ RENDERERS = {"fails": lambda *_: None, "shows nothing": lambda *_: "", "shows ev
 
 
 @given(text=MARKER_SOURCES, model=st.sampled_from(["deepseek-r1", "qwen3-4b"]), how=st.sampled_from(sorted(RENDERERS)))
-def test_rendering_decides_only_tools_and_preserved_reasoning(text, model, how):
+def test_rendering_decides_tools_preserved_reasoning_and_the_style(text, model, how):
     by_strings = capabilities_from_template(text, model, vision=False)
 
     caps = capabilities_from_template(text, model, vision=False, renderer=FakeRenderer(RENDERERS[how]))
 
-    unchanged = ("reasoning", "reasoning_style", "reasoning_always_on", "vision")
-    assert all(getattr(caps, name) == getattr(by_strings, name) for name in unchanged)
-    expected = {"fails": (by_strings.tools, by_strings.preserve_thinking),
-                "shows nothing": (False, False), "shows everything": (True, True)}[how]
-    assert (caps.tools, caps.preserve_thinking) == expected
+    assert caps.vision == by_strings.vision
+    expected = {"fails": (by_strings.tools, by_strings.preserve_thinking, by_strings.reasoning_style),
+                "shows nothing": (False, False, ReasoningStyle.NONE),
+                # enable_thinking is the first switch tried, and it changes what is shown
+                "shows everything": (True, True, ReasoningStyle.ENABLE_THINKING)}[how]
+    assert (caps.tools, caps.preserve_thinking, caps.reasoning_style) == expected
+    if how == "fails":
+        assert caps == by_strings
+
+
+@pytest.mark.parametrize(
+    ("switch", "style"),
+    [("enable_thinking", ReasoningStyle.ENABLE_THINKING), ("reasoning_effort", ReasoningStyle.REASONING_EFFORT),
+     ("thinking", ReasoningStyle.THINKING)],
+)
+def test_the_style_is_the_first_switch_that_changes_the_prompt(switch, style):
+    template = "{{ messages[0].content }}{% if " + switch + " in (true, 'high') %}<think>{% endif %}"
+    caps = capabilities_from_template(template, "any-model", vision=False, renderer=JINJA)
+    assert caps.reasoning_style is style and caps.reasoning and not caps.reasoning_always_on
+
+
+def test_a_switch_named_in_the_template_but_changing_nothing_is_no_style():
+    # NVIDIA-Nemotron-Nano-v2 keeps its own ns.enable_thinking, set from "/think" in the system prompt.
+    template = "{%- set ns = namespace(enable_thinking=true) -%}{{ messages[0].content }}"
+    assert capabilities_from_template(template, "m", vision=False).reasoning_style is ReasoningStyle.ENABLE_THINKING
+    assert capabilities_from_template(template, "m", vision=False, renderer=JINJA).reasoning_style \
+        is ReasoningStyle.NONE
 
 
 @pytest.mark.parametrize("template", [None, ""])
