@@ -13,7 +13,7 @@ from typing import Final
 
 import httpx
 
-from llamagate.adapters.llama_chat_wire import json_dict, json_int, json_str, chat_body, chunk_from_json, template_body
+from llamagate.adapters.llama_chat_wire import chat_body, chunk_from_json, json_dict, json_int, json_str, template_body
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk
 from llamagate.domain.errors import (

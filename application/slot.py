@@ -41,7 +41,6 @@ from llamagate.domain.errors import (
     NotReady,
 )
 from llamagate.domain.generation import StreamFolder, chat_call
-from llamagate.domain.request_checks import validate
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.launch import LaunchSpec, check_load_options, launch_from_plan, prior_speed
 from llamagate.domain.load_options import LoadOptions
@@ -56,6 +55,7 @@ from llamagate.domain.ports import (
     ModelInspector,
     TemplateRenderer,
 )
+from llamagate.domain.request_checks import validate
 from llamagate.domain.restart_policy import RestartPolicy, failures_in_a_row, restart_delay
 from llamagate.domain.shards import model_id
 

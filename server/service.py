@@ -12,8 +12,8 @@ from llamagate.application.slot import ModelSlot
 from llamagate.domain.chat import Done
 from llamagate.domain.errors import LlamagateError
 from llamagate.server import convert, convert_chat
-from llamagate.server.request_id import REQUEST_ID_KEY, request_id_for
 from llamagate.server.errors import status_for, trailing_details
+from llamagate.server.request_id import REQUEST_ID_KEY, request_id_for
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
