@@ -470,12 +470,21 @@ class ModelSlot:
 
     # ------------------------------------------------------------------ generate
 
-    async def generate(self, request: GenerateRequest) -> AsyncGenerator[GenerateEvent, None]:
-        engine, info, admission = self._engine, self.status(), self._admission
-        if self._state is not ModelState.READY or engine is None or admission is None:
+    def serving(self) -> ModelInfo:
+        """The model that serves generations now; raises NotReady (loading,
+        restarting: retry) or NoModelLoaded when none does."""
+        if self._state is not ModelState.READY or self._engine is None or self._admission is None:
             raise self._not_ready()
-        validate(request, info.capabilities, _slot_context(info))
-        call = chat_call(request, info.capabilities, _slot_context(info))
+        return self.status()
+
+    async def generate(self, request: GenerateRequest, *, checked: bool = False) -> AsyncGenerator[GenerateEvent, None]:
+        """``checked``: the caller validated the request already (the agent loop's turns)."""
+        info = self.serving()
+        engine, admission = self._engine, self._admission
+        assert engine is not None and admission is not None  # serving() said so
+        if not checked:
+            validate(request, info.capabilities, slot_context(info))
+        call = chat_call(request, info.capabilities, slot_context(info))
         generation = _Generation()
         self._generations.add(generation)
         folder = StreamFolder(max_tokens=call.max_tokens)
@@ -507,7 +516,7 @@ class ModelSlot:
         spec = launched[2]
         key = (info.path, spec.gpus)
         learned = learned_speed(self._prompt_speeds.get(key), speed, position=folder.slowest_prompt_position,
-                                slot_context=_slot_context(info),
+                                slot_context=slot_context(info),
                                 prior=self._prior_speed)
         if learned is not None:
             self._prompt_speeds[key] = learned
@@ -516,12 +525,11 @@ class ModelSlot:
         """The prompt tokens ``request`` takes after the chat template, and
         what one slot holds. Not queued: llama-server templates and
         tokenizes it on its HTTP thread, beside any running decode."""
-        engine, info = self._engine, self.status()
-        if self._state is not ModelState.READY or engine is None:
-            raise self._not_ready()
+        info, engine = self.serving(), self._engine
+        assert engine is not None  # serving() said so
         validate(request, info.capabilities)
-        tokens = await engine.chat.count_tokens(chat_call(request, info.capabilities, _slot_context(info)))
-        return tokens, _slot_context(info)
+        tokens = await engine.chat.count_tokens(chat_call(request, info.capabilities, slot_context(info)))
+        return tokens, slot_context(info)
 
     async def _why_stream_broke(self, generation: _Generation, error: EngineFailed) -> LlamagateError:
         """A broken stream is often the first news of a stop or a crash: say which."""
@@ -543,7 +551,7 @@ class ModelSlot:
         return NoModelLoaded("no model is loaded; call LoadModel first")
 
 
-def _slot_context(info: ModelInfo) -> int:
+def slot_context(info: ModelInfo) -> int:
     """The tokens one slot holds: llama-server splits the context evenly."""
     return info.context_length // max(info.parallel, 1)
 

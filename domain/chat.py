@@ -148,6 +148,16 @@ class ReasoningControls:
 
 
 @dataclass(frozen=True)
+class ServerTools:
+    """Tools the service runs itself in an agent loop (SPEC §14)."""
+
+    names: tuple[str, ...]
+    max_iterations: int | None = _ranged(1, 100)  # None: 25
+    tool_timeout_s: float | None = _ranged(0.0, above=True)  # None: 300; 9999 or more: none
+    tool_turn_grammar: str = ""  # GBNF for the turns that may call tools ("" = none)
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     messages: tuple[ChatMessage, ...]
     sampling: Sampling = field(default_factory=Sampling)
@@ -156,6 +166,7 @@ class GenerateRequest:
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     parallel_tool_calls: bool | None = None  # None: the template's own default
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
+    server_tools: ServerTools | None = None
 
 
 class FinishReason(enum.Enum):
@@ -253,6 +264,15 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class CallEnded:
+    """The markup of the call at ``index`` is complete; ``recovered`` says
+    why it was closed for the model when its closer was missing."""
+
+    index: int
+    recovered: str | None = None
+
+
+@dataclass(frozen=True)
 class TokenAlternative:
     token: str
     logprob: float
@@ -294,10 +314,29 @@ class ContentDelta:
 
 
 @dataclass(frozen=True)
+class ToolStarted:
+    """A server-side tool call begins: ``status`` is what to show meanwhile."""
+
+    id: str
+    name: str
+    arguments: str  # JSON object
+    status: str
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    id: str
+    name: str
+    result: str
+    failed: bool
+
+
+@dataclass(frozen=True)
 class Done:
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
 
 
-GenerateEvent = ReasoningDelta | ContentDelta | ToolCallDelta | Done
+GenerateEvent = ReasoningDelta | ContentDelta | ToolCallDelta | ToolStarted | ToolFinished | Done
+MarkupEvent = ContentDelta | ReasoningDelta | ToolCallDelta | CallEnded

@@ -115,6 +115,12 @@ class TemplateError(LlamagateError):
     reason = "TEMPLATE_ERROR"
 
 
+class ReplyUnparsable(LlamagateError):
+    """The model's reply broke the tool-call parser's limits (its size, nesting or number of calls)."""
+
+    reason = "REPLY_UNPARSABLE"
+
+
 class Superseded(LlamagateError):
     """A later load or an unload replaced this load before it finished."""
 

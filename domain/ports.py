@@ -7,14 +7,16 @@ fake of each. Only domain types cross them: no URL, port, flag or raw dict.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
 from llamagate.domain.capabilities import ServerCapabilities
-from llamagate.domain.chat import ChatCall, ChatChunk
+from llamagate.domain.chat import ChatCall, ChatChunk, MarkupEvent, Tool
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.launch import LaunchSpec
 from llamagate.domain.model_facts import ModelFacts
+from llamagate.domain.tools import ToolResult
 
 # What a chat template reads: messages, tools and its keyword arguments are
 # JSON-shaped values in the template's own language (role, content, ...).
@@ -117,4 +119,44 @@ class EngineLauncher(Protocol):
 
     async def launch(self, spec: LaunchSpec) -> EngineProcess:
         """Spawn an engine for ``spec``. Raises EngineFailed if it cannot be started."""
+        ...
+
+
+class MarkupParser(Protocol):
+    """One stream's tool-call markup healer: text in, visible text, reasoning
+    and calls out (``CallEnded`` closes each call). Raises
+    ReplyUnparsable when the reply exceeds its limits."""
+
+    def feed(self, text: str) -> list[MarkupEvent]: ...
+
+    def finish(self) -> list[MarkupEvent]: ...
+
+
+class ServerTool(Protocol):
+    """A tool the service runs for the model (python, terminal, web_search, fetch_url)."""
+
+    @property
+    def definition(self) -> Tool:
+        """Its name, description and JSON-Schema parameters, as the model is shown them."""
+        ...
+
+    async def run(self, arguments: Mapping[str, object], *, timeout_s: float) -> ToolResult:
+        """Never raises for the tool's own failures (a result with failed=True
+        saying why); cancelled, it stops its child or request at once."""
+        ...
+
+
+class ToolBox(Protocol):
+    """The server-side tools enabled on this service."""
+
+    @property
+    def names(self) -> frozenset[str]: ...
+
+    def definitions(self) -> Mapping[str, Tool]:
+        """Each tool's definition, by name."""
+        ...
+
+    def conversation(self) -> AbstractAsyncContextManager[Mapping[str, ServerTool]]:
+        """The tools for one conversation (its own scratch space), all of its
+        work stopped and its space removed when the context exits."""
         ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from llamagate.domain.capabilities import Capabilities
 from llamagate.domain.chat import (
@@ -22,6 +22,7 @@ from llamagate.domain.chat import (
     Range,
     Role,
     Sampling,
+    ServerTools,
     Tool,
     ToolChoiceMode,
 )
@@ -46,11 +47,14 @@ def image_mime(data: bytes) -> str | None:
     return mime
 
 
-def validate(request: GenerateRequest, caps: Capabilities, slot_context: int = 0) -> None:
+def validate(request: GenerateRequest, caps: Capabilities, slot_context: int = 0, *,
+             tools_in_prompt: bool = False) -> None:
     """Raise InvalidArgument naming the first bad field. ``slot_context``:
-    the tokens one slot of the loaded model holds (0: unknown)."""
+    the tokens one slot of the loaded model holds (0: unknown).
+    ``tools_in_prompt``: tools may be offered in the prompt (the agent loop
+    does so), so a template without tools is no obstacle."""
     check_messages(request.messages, caps)
-    check_tools(request, caps)
+    check_tools(request, caps if not tools_in_prompt else replace(caps, tools=True))
     _check_format(request)
     _check_sampling(request.sampling, slot_context)
     effort = request.reasoning.reasoning_effort
@@ -129,6 +133,27 @@ def _check_tool(tool: Tool, where: str) -> None:
         _json_object(tool.parameters, f"{where}.parameters")
 
 
+def check_server_tools(request: GenerateRequest, enabled: frozenset[str]) -> None:
+    """Server-side tools: each enabled here, named once, apart from the client's tools."""
+    spec = request.server_tools
+    if spec is None:
+        return
+    if not spec.names:
+        raise InvalidArgument("name at least one tool the service runs", field="server_tools.names")
+    client = {t.name for t in request.tools}
+    for i, name in enumerate(spec.names):
+        where = f"server_tools.names[{i}]"
+        if name not in enabled:
+            have = ", ".join(sorted(enabled)) or "none"
+            raise InvalidArgument(f"{name!r} is not enabled on this service (enabled: {have})", field=where)
+        if name in client or name in spec.names[:i]:
+            raise InvalidArgument(f"{name!r} is named twice (or is also a client tool)", field=where)
+    _check_ranges(spec, "server_tools")
+    if request.response_format.kind is not FormatKind.TEXT:
+        raise InvalidArgument("is not taken with server tools: use server_tools.tool_turn_grammar for tool turns",
+                              field="response_format")
+
+
 def _check_format(request: GenerateRequest) -> None:
     fmt = request.response_format
     if fmt.kind is FormatKind.JSON_SCHEMA:
@@ -174,7 +199,7 @@ def _check_sampling(s: Sampling, slot_context: int) -> None:
             raise InvalidArgument(f"must be a finite number, got {bias}", field=f"sampling.logit_bias[{i}].bias")
 
 
-def _check_ranges(values: Sampling | Dry, prefix: str) -> None:
+def _check_ranges(values: Sampling | Dry | ServerTools, prefix: str) -> None:
     for f in fields(values):
         if "range" in f.metadata:
             _check(getattr(values, f.name), f"{prefix}.{f.name}", f.metadata["range"])

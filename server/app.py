@@ -17,15 +17,18 @@ from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.gguf_inspector import GgufInspector
 from llamagate.adapters.jinja_template import JinjaTemplateRenderer
 from llamagate.adapters.llama_process import LlamaServerLauncher
+from llamagate.adapters.markup_parser import RustMarkupParser
 from llamagate.adapters.memory_probe import SystemMemory
+from llamagate.adapters.tools import build_tools
+from llamagate.application.agent import Agent
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.model_info import ModelInfo
 from llamagate.domain.model_state import ModelState
-from llamagate.domain.ports import MemoryProbe
+from llamagate.domain.ports import MemoryProbe, ToolBox
 from llamagate.server.message_limit import MessageLimit, core_limit
 from llamagate.server.reflection import add_reflection
 from llamagate.server.service import LlamaGateService
-from llamagate.server.settings import Settings
+from llamagate.server.settings import Settings, ToolSettings
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
@@ -44,6 +47,15 @@ def build_slot(settings: Settings, memory: MemoryProbe | None = None) -> ModelSl
     launcher = LlamaServerLauncher(find_binary, registry_dir=paths.children_dir(settings.cache_dir), env=settings.env)
     return ModelSlot(GgufInspector(), launcher, memory or SystemMemory(settings.env), settings.slot,
                      renderer=JinjaTemplateRenderer())
+
+
+def build_toolbox(tools: ToolSettings) -> ToolBox:
+    """The server-side tools enabled (blocking: probes the sandbox); says at start how code is contained."""
+    toolbox = build_tools(tools.enabled, searxng_url=tools.searxng_url, allow_private_fetch=tools.allow_private_fetch)
+    log.info("server tools: %s", ", ".join(sorted(toolbox.names)) or "none")
+    if toolbox.sandbox_mode is not None:
+        log.info("python and terminal run sandboxed: %s", toolbox.sandbox_mode)
+    return toolbox
 
 
 async def clean_stale_children(settings: Settings) -> list[int]:
@@ -78,16 +90,18 @@ class App:
         await self.slot.close()
 
 
-async def create_server(settings: Settings, slot: ModelSlot | None = None) -> App:
+async def create_server(settings: Settings, slot: ModelSlot | None = None, toolbox: ToolBox | None = None) -> App:
     """Start serving on ``settings.address`` (port 0 picks a free one); returns the App."""
     slot = slot or build_slot(settings)
+    tools = toolbox if toolbox is not None else await asyncio.to_thread(build_toolbox, settings.tools)
     limit = settings.max_message_bytes
     server = grpc.aio.server(
         interceptors=[MessageLimit(limit)],
         options=[("grpc.max_receive_message_length", core_limit(limit))],
     )
     health_servicer = health.aio.HealthServicer()
-    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot), server)
+    agent = Agent(slot, tools, RustMarkupParser)
+    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot, agent), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     try:

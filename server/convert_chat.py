@@ -39,6 +39,16 @@ def generate_request(request: pb.GenerateRequest) -> chat.GenerateRequest:
         tool_choice=_tool_choice(request.tool_choice),
         parallel_tool_calls=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None,
         response_format=_response_format(request.response_format),
+        server_tools=_server_tools(request.server_tools) if request.HasField("server_tools") else None,
+    )
+
+
+def _server_tools(t: pb.ServerTools) -> chat.ServerTools:
+    return chat.ServerTools(
+        names=tuple(t.names),
+        max_iterations=t.max_iterations if t.HasField("max_iterations") else None,
+        tool_timeout_s=t.tool_timeout_s if t.HasField("tool_timeout_s") else None,
+        tool_turn_grammar=t.tool_turn_grammar,
     )
 
 
@@ -137,6 +147,12 @@ def generate_event(event: chat.GenerateEvent, request_id: str) -> pb.GenerateRes
     if isinstance(event, chat.ToolCallDelta):
         delta = pb.ToolCallDelta(index=event.index, id=event.id, name=event.name, arguments_delta=event.arguments)
         return pb.GenerateResponse(tool_call_delta=delta, request_id=request_id)
+    if isinstance(event, chat.ToolStarted):
+        started = pb.ToolStarted(id=event.id, name=event.name, arguments=event.arguments, status=event.status)
+        return pb.GenerateResponse(tool_started=started, request_id=request_id)
+    if isinstance(event, chat.ToolFinished):
+        finished = pb.ToolFinished(id=event.id, name=event.name, result=event.result, failed=event.failed)
+        return pb.GenerateResponse(tool_finished=finished, request_id=request_id)
     done = pb.GenerateDone(
         finish_reason=_FINISH[event.finish_reason],
         usage=pb.Usage(**asdict(event.usage)),  # same field names on both sides

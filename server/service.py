@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from llamagate.application.agent import Agent
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.chat import Done
 from llamagate.domain.errors import LlamagateError
@@ -27,8 +28,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError, reque
 
 
 class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
-    def __init__(self, slot: ModelSlot) -> None:
+    def __init__(self, slot: ModelSlot, agent: Agent) -> None:
         self._slot = slot
+        self._agent = agent  # Generate: the slot, through the agent loop when the request names server tools
 
     async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadModelResponse]:
         try:
@@ -53,7 +55,7 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             domain_request = convert_chat.generate_request(request)
             log.info("generate %s: %d messages, %d tools", request_id, len(request.messages), len(request.tools))
-            async with contextlib.aclosing(self._slot.generate(domain_request)) as events:
+            async with contextlib.aclosing(self._agent.generate(domain_request)) as events:
                 async for event in events:
                     if isinstance(event, Done):
                         log.info("generate %s: %s, %d tokens", request_id, event.finish_reason.value,

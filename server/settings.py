@@ -33,6 +33,8 @@ class Settings:
     # queue, restart policy, watchdog, cancel bound: LLAMAGATE_QUEUE_SIZE, LLAMAGATE_RESTART,
     # LLAMAGATE_RESTART_MAX, LLAMAGATE_RESTART_BACKOFF_MS, LLAMAGATE_WATCHDOG_MS, LLAMAGATE_CANCEL_WITHIN_MS
     slot: SlotSettings = field(default_factory=SlotSettings)
+    # the tools Generate may run itself (server_tools): LLAMAGATE_TOOLS, LLAMAGATE_SEARXNG_URL, LLAMAGATE_FETCH_PRIVATE
+    tools: ToolSettings = field(default_factory=lambda: ToolSettings())
     # what children inherit, the GPU visibility masks, and LLAMA_SERVER_PATH / PATH for engine discovery
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -46,8 +48,38 @@ class Settings:
             llama_cpp_dir=env.get("LLAMA_CPP_DIR", ""),
             max_message_bytes=_megabytes(env, "LLAMAGATE_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB) * MIB,
             slot=slot_settings(env),
+            tools=tool_settings(env),
             env=dict(env),
         )
+
+
+@dataclass(frozen=True)
+class ToolSettings:
+    enabled: frozenset[str] = frozenset({"fetch_url"})  # python and terminal only when named
+    searxng_url: str = ""  # web_search's backend (a SearXNG instance)
+    allow_private_fetch: bool = False  # fetch_url may reach loopback and private addresses
+
+
+SERVER_TOOLS = ("python", "terminal", "web_search", "fetch_url")
+
+
+def tool_settings(env: Mapping[str, str]) -> ToolSettings:
+    """Raises ValueError naming the variable when one is malformed."""
+    searxng = env.get("LLAMAGATE_SEARXNG_URL", "").strip()
+    raw = env.get("LLAMAGATE_TOOLS")
+    if raw is None:
+        enabled = {"fetch_url", "web_search"} if searxng else {"fetch_url"}
+    else:
+        enabled = {name.strip() for name in raw.split(",") if name.strip()}
+    unknown = enabled - set(SERVER_TOOLS)
+    if unknown:
+        raise ValueError(f"LLAMAGATE_TOOLS names unknown tools {sorted(unknown)}; the tools are {', '.join(SERVER_TOOLS)}")
+    if "web_search" in enabled and not searxng:
+        raise ValueError("LLAMAGATE_TOOLS enables web_search, which needs LLAMAGATE_SEARXNG_URL (a SearXNG instance)")
+    private = env.get("LLAMAGATE_FETCH_PRIVATE", "").strip().lower()
+    if private not in ("", "0", "1", "false", "true"):
+        raise ValueError(f"LLAMAGATE_FETCH_PRIVATE must be 0 or 1, got {private!r}")
+    return ToolSettings(frozenset(enabled), searxng, private in ("1", "true"))
 
 
 def slot_settings(env: Mapping[str, str]) -> SlotSettings:
