@@ -10,11 +10,13 @@ by shape; ``_conforms`` below lets the type checker prove it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from llamagate.domain.capabilities import ServerCapabilities
-from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Usage
+from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Tool, Usage
 from llamagate.domain.errors import EngineFailed, ModelNotFound, TemplateError
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hyperparameters import Hyperparameters
@@ -27,9 +29,12 @@ from llamagate.domain.ports import (
     EngineProcess,
     MemoryProbe,
     ModelInspector,
+    ServerTool,
     TemplateRenderer,
     TemplateValue,
+    ToolBox,
 )
+from llamagate.domain.tools import ToolResult
 
 GIB = 1 << 30
 
@@ -82,6 +87,7 @@ class FakeChat:
     def __init__(self, engine: FakeEngine) -> None:
         self._engine = engine
         self.script: list[ChatChunk] = reply("Hello", " there")
+        self.scripts: list[list[ChatChunk]] = []  # one per stream, in order, before ``script``
         self.calls: list[ChatCall] = []
         self.capabilities = ServerCapabilities()
         self.hold: asyncio.Event | None = None
@@ -90,8 +96,9 @@ class FakeChat:
     async def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
         self.calls.append(call)
         self.streaming += 1
+        script = self.scripts.pop(0) if self.scripts else self.script
         try:
-            for i, chunk in enumerate(self.script):
+            for i, chunk in enumerate(script):
                 if i == 1 and self.hold is not None:
                     await self._engine.until_exit_or(self.hold)
                 if self._engine.exit is not None:
@@ -198,6 +205,7 @@ class FakeLauncher:
     checks: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     next_pid: int = 4000
+    server_caps: ServerCapabilities = field(default_factory=ServerCapabilities)  # what new engines' /props say
 
     def check(self) -> None:
         self.checks += 1
@@ -213,6 +221,7 @@ class FakeLauncher:
         reject = self.reject_next.pop(0) if self.reject_next else ""
         engine = FakeEngine(self.next_pid, spec, ready=self.ready if self.hold_ready else None, reject=reject,
                             stop_gate=self.stop_gate)
+        engine.chat.capabilities = self.server_caps
         self.engines.append(engine)
         return engine
 
@@ -240,9 +249,55 @@ class FakeRenderer:
         return output
 
 
+class FakeTool:
+    """A server-side tool answering from ``answers`` (by the arguments' JSON);
+    ``hold`` makes it wait (to be cancelled or timed out)."""
+
+    def __init__(self, name: str, answers: Mapping[str, ToolResult] | None = None, *,
+                 hold: asyncio.Event | None = None) -> None:
+        self.definition = Tool(name, f"the {name} tool", '{"type": "object", "properties": {}}')
+        self.answers = dict(answers or {})
+        self.hold = hold
+        self.runs: list[tuple[dict[str, object], float]] = []
+        self.cancelled = 0
+
+    async def run(self, arguments: Mapping[str, object], *, timeout_s: float) -> ToolResult:
+        self.runs.append((dict(arguments), timeout_s))
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return self.answers.get(json.dumps(dict(arguments), sort_keys=True), ToolResult("ok"))
+
+
+class FakeToolBox:
+    """The enabled tools; counts conversations opened and closed."""
+
+    def __init__(self, *tools: FakeTool) -> None:
+        self.tools = {t.definition.name: t for t in tools}
+        self.opened = self.closed = 0
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.tools)
+
+    def definitions(self) -> Mapping[str, Tool]:
+        return {name: tool.definition for name, tool in self.tools.items()}
+
+    @contextlib.asynccontextmanager
+    async def conversation(self) -> AsyncIterator[Mapping[str, ServerTool]]:
+        self.opened += 1
+        try:
+            yield dict(self.tools)
+        finally:
+            self.closed += 1
+
+
 def _conforms(inspector: FakeInspector, memory: FakeMemory, launcher: FakeLauncher, engine: FakeEngine,
-              renderer: FakeRenderer) -> None:
+              renderer: FakeRenderer, tool: FakeTool, toolbox: FakeToolBox) -> None:
     """Never called: the type checker proves each fake satisfies its port."""
-    ports: tuple[ModelInspector, MemoryProbe, EngineLauncher, EngineProcess, ChatEngine, TemplateRenderer] = (
-        inspector, memory, launcher, engine, engine.chat, renderer)
+    ports: tuple[ModelInspector, MemoryProbe, EngineLauncher, EngineProcess, ChatEngine, TemplateRenderer,
+                 ServerTool, ToolBox] = (inspector, memory, launcher, engine, engine.chat, renderer, tool, toolbox)
     del ports

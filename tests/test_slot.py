@@ -57,9 +57,9 @@ QUESTION = GenerateRequest((text_message(Role.USER, "hi"),), Sampling(max_tokens
 class World:
     """A slot wired to fakes, with a listener recording every status it announces."""
 
-    def __init__(self, settings: SlotSettings | None = None) -> None:
+    def __init__(self, settings: SlotSettings | None = None, launcher: FakeLauncher | None = None) -> None:
         self.inspector = FakeInspector(model_facts(A), model_facts(B), model_facts(C))
-        self.launcher = FakeLauncher()
+        self.launcher = launcher or FakeLauncher()
         self.memory = FakeMemory()
         self.slot = ModelSlot(self.inspector, self.launcher, self.memory, settings or NO_RESTARTS)
         self.heard: list[ModelInfo] = []
