@@ -69,7 +69,7 @@ Result of a complete scan (``"complete": True``)::
 
 from collections.abc import Collection
 from os import PathLike
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 __version__: str
 
@@ -107,3 +107,65 @@ def scan_bytes(
 
     Returns ``{"complete": False, "bytes_needed": N}`` for a prefix that ends
     before the tensor infos do; raises GGUFError on malformed data."""
+
+TextEvent: TypeAlias = tuple[Literal["text"], str]
+"""Visible text; never markup the parser took as a call."""
+ReasoningEvent: TypeAlias = tuple[Literal["reasoning"], str]
+"""Text inside ``<think>``...``</think>``."""
+StartEvent: TypeAlias = tuple[Literal["start"], int, str, str]
+"""``("start", index, id, name)``: a call begins; index 0, 1, 2... in stream
+order; ``id == f"{id_prefix}{index}"``."""
+ArgsEvent: TypeAlias = tuple[Literal["args"], int, str]
+"""``("args", index, delta)``: a piece of the call's arguments JSON."""
+EndEvent: TypeAlias = tuple[Literal["end"], int, str | None]
+"""``("end", index, reason)``: the call ended; reason None when it was closed
+properly, else why it was recovered ("missing </tool_call>", "missing
+</parameter>", "missing </function>", "stream ended", "next <tool_call> began",
+"next <function= began", "unclosed JSON", "malformed JSON", "missing name",
+...)."""
+Event: TypeAlias = TextEvent | ReasoningEvent | StartEvent | ArgsEvent | EndEvent
+
+class ToolCallParseError(ValueError):
+    """A cap of the tool-call parser was exceeded (``str(e)`` says which:
+    max_buffer, max_depth or max_calls), or the parser was used after
+    ``finish()``. The parser is finished afterwards."""
+
+class ToolCallParser:
+    """Incremental tool-call parser, one per stream of model output
+    (rust_ext/src/toolcall/: formats, recovery and the reasoning policy are
+    documented there).
+
+    Formats: Hermes / Qwen2.5 JSON (``<tool_call>{"name": ..., "arguments":
+    {...}}</tool_call>``; "parameters" too; arguments as an object or as a
+    string holding JSON), Qwen3-Coder XML (``<tool_call><function=NAME>
+    <parameter=KEY>VALUE</parameter></function></tool_call>``, arguments
+    built as ``{"KEY": "VALUE", ...}``) and a bare ``<function=...>`` block.
+    Markup inside ``<think>`` is reasoning, not calls.
+
+    Laws: any chunking gives the same events once adjacent "text", adjacent
+    "reasoning" and adjacent same-call "args" events are merged; text outside
+    call blocks is preserved exactly (only whitespace between two calls is
+    dropped); each call's "args" deltas
+    concatenate to a JSON object (recovered calls are closed where they
+    broke off); only a tail that could still start a marker is held back
+    (plus whitespace right after a call); work is linear in the stream."""
+
+    def __init__(
+        self,
+        *,
+        max_buffer: int = 1 << 20,
+        max_calls: int = 64,
+        max_depth: int = 64,
+        id_prefix: str = "call_",
+    ) -> None:
+        """Caps: ``max_buffer`` bytes held back or buffered by any one
+        buffer (e.g. arguments that come before the call's name),
+        ``max_calls`` calls per stream, ``max_depth`` levels of JSON nesting."""
+
+    def feed(self, chunk: str) -> list[Event]:
+        """The events ``chunk`` completes, in order. Raises
+        ToolCallParseError when a cap is exceeded or after ``finish()``."""
+
+    def finish(self) -> list[Event]:
+        """Flushes held-back text and closes what is open (the calls' "end"
+        says why); afterwards ``feed`` and ``finish`` raise."""

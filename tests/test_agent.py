@@ -8,7 +8,7 @@ import json
 
 import pytest
 from fakes import FakeLauncher, FakeTool, FakeToolBox, reply
-from test_slot import A, NO_RESTARTS, World
+from test_slot import NO_RESTARTS, A, World
 
 from llamagate.adapters.markup_parser import RustMarkupParser
 from llamagate.application.agent import Agent

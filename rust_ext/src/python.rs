@@ -267,5 +267,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GGUFError", m.py().get_type::<GGUFError>())?;
     m.add_function(wrap_pyfunction!(scan_file, m)?)?;
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
+    crate::python_toolcall::register(m)?;
     Ok(())
 }
