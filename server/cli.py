@@ -68,6 +68,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     chat.add_argument("--system", help="system message")
     chat.add_argument("--max-tokens", type=int)
     chat.add_argument("--temperature", type=float)
+    chat.add_argument("--tool", action="append", default=[], metavar="NAME",
+                      help="a tool the service runs for the model (python, terminal, web_search, fetch_url;"
+                           " enabled with LLAMAGATE_TOOLS on the service); repeatable")
     chat.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a model still loading")
     chat.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the service")
     chat.set_defaults(run=_client_command("chat"))

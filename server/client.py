@@ -49,16 +49,24 @@ def chat(args) -> int:
     messages = [pb.Message(role=pb.ROLE_SYSTEM, text=args.system)] if args.system else []
     messages.append(pb.Message(role=pb.ROLE_USER, text=args.prompt))
     sampling = pb.Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
+    request = pb.GenerateRequest(messages=messages, sampling=sampling)
+    if args.tool:
+        request.server_tools.names.extend(args.tool)
     try:
         stub = _stub(args.address, args.connect_timeout)
         wait_until_ready(stub, args.wait)
-        for event in stub.Generate(pb.GenerateRequest(messages=messages, sampling=sampling)):
+        for event in stub.Generate(request):
             kind = event.WhichOneof("event")
             if kind == "reasoning_delta":
                 print(f"{_DIM}{event.reasoning_delta}{_RESET}", end="", file=sys.stderr, flush=True)
             elif kind == "content_delta":
                 print(event.content_delta, end="", flush=True)
-            else:
+            elif kind == "tool_started":
+                print(f"{_DIM}[{event.tool_started.status}]{_RESET}", file=sys.stderr, flush=True)
+            elif kind == "tool_finished":
+                failed = " (failed)" if event.tool_finished.failed else ""
+                print(f"{_DIM}{event.tool_finished.result.rstrip()}{failed}{_RESET}", file=sys.stderr, flush=True)
+            elif kind == "done":
                 done = event.done
                 reason = pb.FinishReason.Name(done.finish_reason).removeprefix("FINISH_REASON_").lower()
                 print(
