@@ -21,7 +21,7 @@ from llamagate.domain.errors import (
     Overloaded,
 )
 from llamagate.server.errors import ERROR_DOMAIN, status_for, trailing_details
-from llamagate.server.settings import Settings
+from llamagate.server.settings import Settings, ToolSettings
 
 
 def test_defaults_without_any_variable():
@@ -45,10 +45,20 @@ def test_each_variable_is_read():
 @pytest.mark.parametrize(("name", "value"), [
     ("LLAMAGATE_QUEUE_SIZE", "-1"), ("LLAMAGATE_QUEUE_SIZE", "many"), ("LLAMAGATE_RESTART", "always"),
     ("LLAMAGATE_RESTART_MAX", "1001"), ("LLAMAGATE_WATCHDOG_MS", "5"), ("LLAMAGATE_CANCEL_WITHIN_MS", "1.5"),
+    ("LLAMAGATE_TOOLS", "python,rm"), ("LLAMAGATE_TOOLS", "web_search"), ("LLAMAGATE_FETCH_PRIVATE", "yes"),
 ])
 def test_a_malformed_variable_is_refused_by_name(name, value):
     with pytest.raises(ValueError, match=name):
         Settings.from_env({name: value})
+
+
+def test_code_tools_are_off_unless_named_and_a_searxng_url_enables_search():
+    assert Settings.from_env({}).tools == ToolSettings(frozenset({"fetch_url"}), "", False)
+    searching = Settings.from_env({"LLAMAGATE_SEARXNG_URL": "http://search:8080"}).tools
+    assert searching.enabled == {"fetch_url", "web_search"} and searching.searxng_url == "http://search:8080"
+    named = Settings.from_env({"LLAMAGATE_TOOLS": " python , terminal", "LLAMAGATE_FETCH_PRIVATE": "1"}).tools
+    assert named.enabled == {"python", "terminal"} and named.allow_private_fetch
+    assert Settings.from_env({"LLAMAGATE_TOOLS": ""}).tools.enabled == frozenset()
 
 
 def rich(error) -> status_pb2.Status:
