@@ -29,7 +29,7 @@ INIT = '''"""llamagate: plan, launch and stream GGUF models through llama.cpp's 
 
 Subpackages: ``domain`` (pure rules, usable as a library), ``application``
 (the model slot), ``adapters`` (llama-server, GGUF, GPUs), ``server`` (gRPC and
-the command line), ``rust_ext`` (the native GGUF scanner), ``v1`` (the API's
+the command line), ``rust_ext`` (the native GGUF scanner and tool-call parser), ``v1`` (the API's
 generated stubs).
 """
 '''
