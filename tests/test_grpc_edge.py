@@ -96,7 +96,8 @@ T = TypeVar("T")
 
 async def serving(slot: StandInSlot, talk: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
     server = grpc.aio.server()
-    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot), server)  # type: ignore[arg-type]
+    # the stand-in answers for the slot and for the agent (which hands plain requests to the slot)
+    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot, slot), server)  # type: ignore[arg-type]
     add_reflection(server, (SERVICE, HEALTH))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -232,7 +233,7 @@ def test_reflection_v1alpha_serves_a_full_descriptor_database():
 
     async def main():
         server = grpc.aio.server()
-        servicer = LlamaGateService(StandInSlot())  # type: ignore[arg-type]
+        servicer = LlamaGateService(StandInSlot(), StandInSlot())  # type: ignore[arg-type]
         pb_grpc.add_LlamaGateServiceServicer_to_server(servicer, server)
         add_reflection(server, (SERVICE, HEALTH))
         port = server.add_insecure_port("127.0.0.1:0")

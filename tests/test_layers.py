@@ -22,7 +22,7 @@ FORBIDDEN_IN_DOMAIN = {"grpc", "httpx", "subprocess", "psutil", "huggingface_hub
 TEMPLATE_WORDS = {"reasoning_content", "tool_calls", "tool_call_id"}
 # Words of llamagate's own API that llama-server's JSON happens to share:
 # field names of llamagate.proto, ErrorInfo metadata keys it documents.
-API_WORDS = {"json_schema", "prompt_tokens"}
+API_WORDS = {"json_schema", "prompt_tokens", "response_format"}
 # what each layer may import from the project (besides itself)
 MAY_IMPORT = {
     "domain": set(),
