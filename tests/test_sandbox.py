@@ -196,6 +196,14 @@ def test_inside_bubblewrap_the_service_tree_is_not_there_at_all(tools, sandbox):
     assert result.text.split() == ["False", "False", "False"]
 
 
+def test_inside_bubblewrap_the_dropped_uid_reads_the_system_configuration(tools, sandbox):
+    if not sandbox.bubblewrap:
+        pytest.skip("bubblewrap only: without it /etc is the host's own")
+    _, terminal, _ = tools
+    result = run(terminal.run({"command": "head -c 4 /etc/passwd; echo; stat -c %a /etc"}, timeout_s=30))
+    assert not result.failed and result.text.split() == ["root", "755"]  # was 0700: passwd, ssl, zoneinfo unreadable
+
+
 def test_inside_bubblewrap_there_is_no_network(tools, sandbox):
     if not sandbox.bubblewrap:
         pytest.skip("bubblewrap only: the limits alone leave the network as it is")
@@ -343,8 +351,9 @@ def test_as_root_bubblewrap_drops_to_the_conversation_uid_inside():
     assert tail[-1] == "--" and "--reuid=65001" in tail and "--no-new-privs" in tail
     # the parents of what is bound are created reachable, /tmp (a fresh tmpfs) excepted
     made = [argv[i + 1] for i, a in enumerate(argv) if a == "--dir"]
-    assert made == ["/opt", "/opt/py", "/tmp/scratch"]
-    assert argv.index("--tmpfs") < argv.index("--dir")
+    assert made == ["/etc", "/opt", "/opt/py", "/tmp/scratch"]
+    assert argv[argv.index("/etc") - 3:argv.index("/etc")] == ["--perms", "0755", "--dir"]
+    assert argv.index("--tmpfs") < argv.index("/opt")
 
 
 def test_unprivileged_bubblewrap_uses_a_user_namespace():

@@ -94,6 +94,8 @@ def bwrap_argv(bwrap: str, layout: HostLayout, scratch: str, *, as_root_uid: int
         argv += ["--ro-bind", path, path]
     for path, target in layout.links:
         argv += ["--symlink", target, path]
+    if layout.etc:  # bwrap would make /etc root-only (0700): the dropped uid must read passwd, ssl, zoneinfo
+        argv += ["--perms", "0755", "--dir", "/etc"]
     for path in layout.etc:
         argv += ["--ro-bind", path, path]
     argv += ["--proc", "/proc", "--dev", "/dev"]
