@@ -11,13 +11,13 @@ reaches the client. A Generate without server tools goes straight to the slot.
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from llamagate.application.slot import ModelSlot, slot_context
 from llamagate.domain.agent_loop import AgentLimits, AgentRun, PlannedCall, Reply, Turn
-from llamagate.domain.agent_rules import arguments_object, is_failure
+from llamagate.domain.agent_rules import arguments_object, as_json, clean, is_failure
 from llamagate.domain.capabilities import Capabilities
 from llamagate.domain.chat import (
     ContentDelta,
@@ -39,6 +39,8 @@ from llamagate.domain.chat import (
 from llamagate.domain.ports import MarkupParser, ServerTool, ToolBox
 from llamagate.domain.request_checks import check_server_tools, validate
 from llamagate.domain.tool_prompt import tools_in_prompt
+
+log = logging.getLogger(__name__)
 
 _NO_TIMEOUT_S = 86_400.0 * 365  # what "no timeout" hands a tool
 _TOOL_GRACE_S = 5.0  # a tool that overstays its own timeout by this much is cancelled
@@ -90,11 +92,12 @@ class Agent:
         if planned.client:  # the client runs it: it gets the call, as without server tools
             yield ToolCallDelta(0, call.id, call.name, call.arguments)
             return
-        yield ToolStarted(call.id, call.name, call.arguments, planned.status)
+        yield ToolStarted(call.id, call.name, call.arguments, clean(planned.status))
         if planned.run:
             result, failed = await _run(tools[call.name], planned.arguments, limits.tool_timeout_s)
         else:
             result, failed = planned.answer, is_failure(planned.answer)
+        result = clean(result)
         run.call_finished(planned, result, failed=failed)
         yield ToolFinished(call.id, call.name, result, failed)
 
@@ -124,10 +127,14 @@ class Agent:
 
 async def _run(tool: ServerTool, arguments: dict[str, object], timeout_s: float | None) -> tuple[str, bool]:
     limit = _NO_TIMEOUT_S if timeout_s is None else timeout_s
+    name = tool.definition.name
     try:  # the tool keeps its own timeout; this catches one that does not
         result = await asyncio.wait_for(tool.run(arguments, timeout_s=limit), limit + _TOOL_GRACE_S)
     except TimeoutError:
-        return f"Error: {tool.definition.name} did not finish within {limit:g} s", True
+        return f"Error: {name} did not finish within {limit:g} s", True
+    except Exception as error:  # noqa: BLE001 - what the model wrote must not end the conversation
+        log.warning("the %s tool failed unexpectedly", name, exc_info=error)
+        return f"Error: {name} could not run this call: {error}", True
     return result.text, result.failed
 
 
@@ -200,5 +207,5 @@ def _calls(table: dict[int, list[str]], order: list[int]) -> list[ToolCall]:
 
 def _with_arguments(call: ToolCall, healed: bool) -> tuple[ToolCall, dict[str, object]]:
     arguments = arguments_object(call.arguments, healed=healed)
-    return replace(call, arguments=json.dumps(arguments, ensure_ascii=False)), arguments
+    return replace(call, id=clean(call.id), name=clean(call.name), arguments=as_json(arguments)), arguments
 

@@ -30,8 +30,11 @@ _STATUS_WIDTH = 60
 def status_text(name: str, arguments: dict[str, object]) -> str:
     """What the user is shown while a tool runs (SPEC §14's wording)."""
     if name in ("web_search", "fetch_url") and isinstance(url := arguments.get("url"), str) and url:
-        host = urlsplit(url).hostname or url
-        return f"Reading: {host.removeprefix('www.')}"
+        try:
+            host = urlsplit(url).hostname or url
+        except ValueError:  # "http://[bad": the model wrote it; the tool will say what is wrong
+            host = url
+        return f"Reading: {host.removeprefix('www.')[:_STATUS_WIDTH]}"
     if name == "web_search":
         return f"Searching: {arguments.get('query', '')}"
     if name == "python":
@@ -40,6 +43,26 @@ def status_text(name: str, arguments: dict[str, object]) -> str:
     if name == "terminal":
         return f"Running: {str(arguments.get('command', ''))[:_STATUS_WIDTH]}"
     return f"Calling: {name}"
+
+
+def as_json(value: object) -> str:
+    """JSON text that is valid UTF-8: escapes (``\\ud800``) kept as escapes
+    where the text holds what UTF-8 cannot (a lone surrogate the model wrote)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if _utf8(text) else json.dumps(value)
+
+
+def clean(text: str) -> str:
+    """``text`` with what UTF-8 cannot carry replaced, for the client's events."""
+    return text if _utf8(text) else text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_failure(result: str) -> bool:

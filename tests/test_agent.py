@@ -157,6 +157,24 @@ def test_a_tool_that_overstays_is_cut_off_and_reported_failed():
         agent_module._TOOL_GRACE_S = grace
 
 
+class BrokenTool(FakeTool):
+    async def run(self, arguments, *, timeout_s):
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+
+def test_what_the_model_writes_never_ends_the_conversation_with_an_unhandled_error():
+    async def scene(s: Scene) -> None:
+        await s.load(said(markup(arguments='{"code": "print(1) #\\ud800"}')), said("Sorry."))
+        events = await s.run(ask())
+        [started] = [e for e in events if isinstance(e, ToolStarted)]
+        [finished] = [e for e in events if isinstance(e, ToolFinished)]
+        started.arguments.encode("utf-8")  # what the client's protobuf will carry
+        assert finished.failed and finished.result.startswith("Error: python could not run this call")
+        assert isinstance(events[-1], Done)
+
+    story(scene, tools=(BrokenTool("python"),))
+
+
 def test_cancelling_the_generation_cancels_the_running_tool_and_closes_the_conversation():
     hold = asyncio.Event()
 

@@ -198,3 +198,18 @@ def test_summed_completion_tokens_and_time_add_up_and_prompt_is_the_last(turns):
     assert usage.completion_tokens == sum(c for _, c, _ in turns) == timings.predicted_n
     assert usage.prompt_tokens == turns[-1][0] and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert timings.predicted_ms == pytest.approx(sum(ms for *_, ms in turns))
+
+
+@pytest.mark.parametrize("url", ["http://[bad", "http://[::ffff:0:127.0.0.1", "http://a＃@b/"])
+def test_a_url_that_does_not_parse_still_gets_a_status(url):
+    assert status_text("fetch_url", {"url": url}).startswith("Reading: ")
+
+
+def test_json_and_text_for_the_client_are_always_valid_utf8():
+    from llamagate.domain.agent_rules import as_json, clean
+
+    assert as_json({"code": "é"}) == '{"code": "é"}'  # readable where it can be
+    assert as_json({"code": "print(1) #\ud800"}) == '{"code": "print(1) #\\ud800"}'
+    assert clean("a\udfffb") == "a?b"
+    for text in (as_json({"x": "\ud800"}), clean("\ud800")):
+        text.encode("utf-8")
