@@ -7,7 +7,7 @@ ChatCall into llama-server's JSON.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llamagate.domain.batching import PromptStep, step_speed
 from llamagate.domain.capabilities import Capabilities, request_template_kwargs
@@ -58,7 +58,7 @@ def chat_call(request: GenerateRequest, caps: Capabilities, context_length: int)
     tools, choice = _tools_offered(request)
     return ChatCall(
         messages=tuple(_call_message(m, keep_reasoning=caps.preserve_thinking) for m in request.messages),
-        sampling=resolve_sampling(request.sampling),
+        sampling=_whole_context(resolve_sampling(request.sampling), context_length),
         # Callers that omit max_tokens must not be cut short.
         max_tokens=request.sampling.max_tokens or context_length or MAX_TOKENS_WITHOUT_CONTEXT,
         stop=request.sampling.stop,
@@ -69,6 +69,18 @@ def chat_call(request: GenerateRequest, caps: Capabilities, context_length: int)
         parallel_tool_calls=request.parallel_tool_calls,
         response_format=request.response_format,
     )
+
+
+def _whole_context(s: ResolvedSampling, context_length: int) -> ResolvedSampling:
+    """-1 ("the whole context") as the number: llama-server takes 0 or more.
+    (A context of 0 is unknown: then -1 stays.)"""
+    if context_length <= 0:
+        return s
+    if s.repeat_last_n == -1:
+        s = replace(s, repeat_last_n=context_length)
+    if s.dry.penalty_last_n == -1:
+        s = replace(s, dry=replace(s.dry, penalty_last_n=context_length))
+    return s
 
 
 def _tools_offered(request: GenerateRequest) -> tuple[tuple[Tool, ...], ToolChoiceMode]:

@@ -37,6 +37,12 @@ _IMAGE_MAGIC = (
 IMAGE_TYPES = tuple(mime for _, mime in _IMAGE_MAGIC)
 _TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_TOP_LOGPROBS = 20
+# llama-server compiles these on its main loop before the first token: one
+# large enough stalls it for seconds, long enough for the watchdog to take it
+# for frozen (1,000 DRY breakers, a 200 KB enum schema were measured so).
+MAX_SEQUENCE_BREAKERS = 64
+MAX_BREAKER_CHARS = 128
+MAX_SCHEMA_BYTES = 32 << 10
 
 
 def image_mime(data: bytes) -> str | None:
@@ -157,6 +163,9 @@ def check_server_tools(request: GenerateRequest, enabled: frozenset[str]) -> Non
 def _check_format(request: GenerateRequest) -> None:
     fmt = request.response_format
     if fmt.kind is FormatKind.JSON_SCHEMA:
+        if len(fmt.text.encode()) > MAX_SCHEMA_BYTES:
+            raise InvalidArgument(f"is over {MAX_SCHEMA_BYTES:,} bytes: llama-server compiles it before the first"
+                                  " token, and one this large stalls it", field="response_format.json_schema")
         _json_object(fmt.text, "response_format.json_schema")
     if fmt.kind is FormatKind.GRAMMAR and not fmt.text.strip():
         raise InvalidArgument("is empty", field="response_format.grammar")
@@ -189,6 +198,12 @@ def _json_object(text: str, field: str) -> dict[str, object]:
 def _check_sampling(s: Sampling, slot_context: int) -> None:
     _check_ranges(s, "sampling")
     _check_ranges(s.dry, "sampling.dry")
+    breakers = s.dry.sequence_breakers
+    if len(breakers) > MAX_SEQUENCE_BREAKERS or any(len(b) > MAX_BREAKER_CHARS for b in breakers):
+        raise InvalidArgument(f"at most {MAX_SEQUENCE_BREAKERS} breakers of at most {MAX_BREAKER_CHARS} characters",
+                              field="sampling.dry.sequence_breakers")
+    if any(not stop for stop in s.stop):
+        raise InvalidArgument("an empty stop string would end every reply before it began", field="sampling.stop")
     if s.max_tokens is not None and slot_context and s.max_tokens > slot_context:
         raise InvalidArgument(f"{s.max_tokens} is more than a slot of the loaded model holds ({slot_context} tokens)",
                               field="sampling.max_tokens")

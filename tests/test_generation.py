@@ -235,3 +235,14 @@ def test_every_piece_comes_out_once_in_order_and_reasoning_stands_in_only_for_a_
     # A chunk's logprobs appear once when it had text to carry them, else never.
     carried = [e.logprobs for e in events if isinstance(e, ContentDelta | ReasoningDelta) and e.logprobs]
     assert carried == [c.logprobs for c in stream if c.logprobs and (c.reasoning or c.content)]
+
+
+def test_minus_one_means_the_whole_slot_for_the_repetition_windows():
+    from llamagate.domain.chat import Dry
+
+    request = GenerateRequest((text_message(Role.USER, "hi"),),
+                              Sampling(repeat_last_n=-1, dry=Dry(multiplier=0.8, penalty_last_n=-1)))
+    sampling = chat_call(request, Capabilities(), 1024).sampling
+    assert (sampling.repeat_last_n, sampling.dry.penalty_last_n) == (1024, 1024)
+    assert chat_call(GenerateRequest((text_message(Role.USER, "hi"),), Sampling(repeat_last_n=0)),
+                     Capabilities(), 1024).sampling.repeat_last_n == 0

@@ -3,6 +3,7 @@ refused with its path in the request, so a client can point at it."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import replace
@@ -334,3 +335,23 @@ def test_log_probabilities_cannot_stream_beside_tool_calls():
     asked = replace(with_tools(WEATHER), sampling=Sampling(top_logprobs=2))
     assert field_of(asked) == "sampling.top_logprobs"
     validate(replace(asked, tool_choice=ToolChoice(ToolChoiceMode.NONE)), ALL)  # no tools are sent then
+
+
+def test_inputs_llama_server_compiles_before_the_first_token_are_bounded():
+    from llamagate.domain.request_checks import MAX_SCHEMA_BYTES, MAX_SEQUENCE_BREAKERS
+
+    many = Sampling(dry=Dry(multiplier=1.0, sequence_breakers=tuple(f"x{i}" for i in range(MAX_SEQUENCE_BREAKERS + 1))))
+    with pytest.raises(InvalidArgument) as caught:
+        validate(GenerateRequest((text_message(Role.USER, "hi"),), many), Capabilities())
+    assert caught.value.field == "sampling.dry.sequence_breakers"
+    enum = json.dumps({"enum": ["v" * 20] * (MAX_SCHEMA_BYTES // 20)})
+    huge = GenerateRequest((text_message(Role.USER, "hi"),), response_format=ResponseFormat(FormatKind.JSON_SCHEMA, enum))
+    with pytest.raises(InvalidArgument) as caught:
+        validate(huge, Capabilities())
+    assert caught.value.field == "response_format.json_schema"
+
+
+def test_an_empty_stop_string_is_refused():
+    with pytest.raises(InvalidArgument) as caught:
+        validate(GenerateRequest((text_message(Role.USER, "hi"),), Sampling(stop=("",))), Capabilities())
+    assert caught.value.field == "sampling.stop"
