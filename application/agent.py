@@ -22,6 +22,7 @@ from llamagate.domain.capabilities import Capabilities
 from llamagate.domain.chat import (
     ContentDelta,
     Done,
+    FinishReason,
     FormatKind,
     GenerateEvent,
     GenerateRequest,
@@ -36,6 +37,7 @@ from llamagate.domain.chat import (
     ToolFinished,
     ToolStarted,
 )
+from llamagate.domain.errors import ContextExceeded
 from llamagate.domain.ports import MarkupParser, ServerTool, ToolBox
 from llamagate.domain.request_checks import check_server_tools, validate
 from llamagate.domain.tool_prompt import tools_in_prompt
@@ -43,7 +45,8 @@ from llamagate.domain.tool_prompt import tools_in_prompt
 log = logging.getLogger(__name__)
 
 _NO_TIMEOUT_S = 86_400.0 * 365  # what "no timeout" hands a tool
-_TOOL_GRACE_S = 5.0  # a tool that overstays its own timeout by this much is cancelled
+_TOOL_GRACE_S = 5.0
+_MIN_RESULT_CHARS = 2_000  # a tool that overstays its own timeout by this much is cancelled
 
 
 class Agent:
@@ -61,30 +64,37 @@ class Agent:
         info = self._slot.serving()
         validate(request, info.capabilities, slot_context(info), tools_in_prompt=True)
         check_server_tools(request, self._toolbox.names)
-        async with self._toolbox.conversation() as tools:
-            async for event in self._loop(request, spec, tools):
-                yield event
-
-    async def _loop(self, request: GenerateRequest, spec: ServerTools,
-                    tools: Mapping[str, ServerTool]) -> AsyncIterator[GenerateEvent]:
         limits = AgentLimits(
             max_iterations=spec.max_iterations or AgentLimits.max_iterations,
             tool_timeout_s=AgentLimits.timeout_from(spec.tool_timeout_s)
             if spec.tool_timeout_s is not None else AgentLimits.tool_timeout_s,
+            # about a quarter of the slot (a token is ~4 characters): room for the next turn
+            result_chars=max(_MIN_RESULT_CHARS, slot_context(info)),
         )
+        async with self._toolbox.conversation() as tools:
+            async for event in self._loop(request, spec, tools, limits):
+                yield event
+
+    async def _loop(self, request: GenerateRequest, spec: ServerTools, tools: Mapping[str, ServerTool],
+                    limits: AgentLimits) -> AsyncIterator[GenerateEvent]:
         run = AgentRun(request.messages, frozenset(spec.names), frozenset(t.name for t in request.tools), limits)
         offered = (*request.tools, *(tools[name].definition for name in spec.names))
         while (turn := run.next_turn()) is not None:
             reply = Reply("")
-            async for item in self._turn(turn, request, offered, spec, run.iterations):
-                if isinstance(item, Reply):
-                    reply = item
-                else:
-                    yield item
+            try:
+                async for item in self._turn(turn, request, offered, spec, run.iterations):
+                    if isinstance(item, Reply):
+                        reply = item
+                    else:
+                        yield item
+            except ContextExceeded:
+                if run.iterations == 0:
+                    raise  # the client's own conversation does not fit
+                break  # the results so far fill the slot: the run ends here, saying so
             for planned in run.turn_ended(reply):
                 async for event in self._call(run, planned, limits, tools):
                     yield event
-        yield Done(run.finish_reason, run.usage, run.timings)
+        yield Done(run.finish_reason if turn is None else FinishReason.CONTEXT_LIMIT, run.usage, run.timings)
 
     async def _call(self, run: AgentRun, planned: PlannedCall, limits: AgentLimits,
                     tools: Mapping[str, ServerTool]) -> AsyncIterator[GenerateEvent]:

@@ -42,6 +42,7 @@ class AgentLimits:
     max_iterations: int = DEFAULT_ITERATIONS
     tool_timeout_s: float | None = DEFAULT_TOOL_TIMEOUT_S  # None: no timeout
     max_plan_prompts: int = 3
+    result_chars: int = 0  # a result is cut to this many characters for the model (0: as the tool gave it)
 
     @staticmethod
     def timeout_from(seconds: float) -> float | None:
@@ -126,7 +127,7 @@ class AgentRun:
         if planned.run:
             self._last_success = None if failed else key
         self._last_call = key
-        text = for_the_model(result, failed=failed)
+        text = for_the_model(result, failed=failed, limit=self.limits.result_chars)
         self._messages.append(ChatMessage(Role.TOOL, _text(text), tool_call_id=planned.call.id))
         return text
 

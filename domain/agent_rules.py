@@ -69,11 +69,18 @@ def is_failure(result: str) -> bool:
     return result.startswith(_FAILURE_PREFIXES)
 
 
-def for_the_model(result: str, *, failed: bool) -> str:
-    """A tool's result as the model reads it: no image marker line, and a
-    nudge after a failure."""
-    text = result.split(_IMAGES_MARKER, 1)[0]
+def for_the_model(result: str, *, failed: bool, limit: int = 0) -> str:
+    """A tool's result as the model reads it: no image marker line, at most
+    ``limit`` characters (0: any; the middle goes), and a nudge after a failure."""
+    text = _cut(result.split(_IMAGES_MARKER, 1)[0], limit)
     return text + NUDGE if failed or is_failure(text) else text
+
+
+def _cut(text: str, limit: int) -> str:
+    if limit <= 0 or len(text) <= limit:
+        return text
+    head, tail = limit * 3 // 4, limit // 4  # errors come at the end: keep some of it
+    return f"{text[:head]}\n[... {len(text) - head - tail:,} characters cut ...]\n{text[len(text) - tail:]}"
 
 
 def announces_plan(reply: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Tool, Usage
-from llamagate.domain.errors import EngineFailed, ModelNotFound, TemplateError
+from llamagate.domain.errors import ContextExceeded, EngineFailed, ModelNotFound, TemplateError
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hyperparameters import Hyperparameters
 from llamagate.domain.launch import LaunchSpec
@@ -88,6 +88,7 @@ class FakeChat:
         self._engine = engine
         self.script: list[ChatChunk] = reply("Hello", " there")
         self.scripts: list[list[ChatChunk]] = []  # one per stream, in order, before ``script``
+        self.overflow_after: int | None = None  # streams after this many: the prompt does not fit
         self.calls: list[ChatCall] = []
         self.capabilities = ServerCapabilities()
         self.hold: asyncio.Event | None = None
@@ -95,6 +96,9 @@ class FakeChat:
 
     async def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
         self.calls.append(call)
+        if self.overflow_after is not None and len(self.calls) > self.overflow_after:
+            raise ContextExceeded("the request needs 9999 tokens; a slot holds 2048", prompt_tokens=9999,
+                                  context_length=2048)
         self.streaming += 1
         script = self.scripts.pop(0) if self.scripts else self.script
         try:

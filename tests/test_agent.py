@@ -157,6 +157,22 @@ def test_a_tool_that_overstays_is_cut_off_and_reported_failed():
         agent_module._TOOL_GRACE_S = grace
 
 
+def test_results_are_cut_to_the_slot_and_a_conversation_that_still_overflows_ends_context_limit():
+    long = "line\n" * 10_000
+
+    async def scene(s: Scene) -> None:
+        await s.load(said(markup()), [])  # the second turn: llama-server says the prompt does not fit
+        s.world.launcher.engines[-1].chat.overflow_after = 1
+        events = await s.run(ask())
+        [finished] = [e for e in events if isinstance(e, ToolFinished)]
+        assert finished.result == long  # the client sees it all
+        told = s.asked[1].messages[-1].text
+        assert "characters cut" in told and len(told) < len(long) // 2  # the model, what fits
+        assert isinstance(events[-1], Done) and events[-1].finish_reason is FinishReason.CONTEXT_LIMIT
+
+    story(scene, tools=(FakeTool("python", {PY: ToolResult(long)}),))
+
+
 class BrokenTool(FakeTool):
     async def run(self, arguments, *, timeout_s):
         raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
