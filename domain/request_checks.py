@@ -91,7 +91,7 @@ def _check_parts(message: ChatMessage, where: str, caps: Capabilities) -> None:
         detected = image_mime(part.data)
         if detected is None:
             raise InvalidArgument("not a PNG, JPEG, GIF or WebP image", field=f"{at}.data")
-        if part.mime and part.mime != detected:
+        if part.mime and part.mime.lower() != detected:
             raise InvalidArgument(f"says {part.mime!r} but the bytes are {detected}", field=f"{at}.mime_type")
 
 
@@ -101,9 +101,14 @@ def _check_role_fields(message: ChatMessage, where: str, earlier_ids: set[str]) 
             raise InvalidArgument("only assistant messages carry tool calls", field=f"{where}.tool_calls")
         if message.reasoning:
             raise InvalidArgument("only assistant messages carry reasoning", field=f"{where}.reasoning")
+    seen: set[str] = set()
     for k, call in enumerate(message.tool_calls):
-        if not call.name:
-            raise InvalidArgument("is empty: name the tool that was called", field=f"{where}.tool_calls[{k}].name")
+        if not _TOOL_NAME.fullmatch(call.name):
+            raise InvalidArgument(f"must be 1 to 64 of a-z, A-Z, 0-9, _ and -, got {call.name!r}",
+                                  field=f"{where}.tool_calls[{k}].name")
+        if call.id and call.id in seen:  # across turns, ids may repeat (templates number them per turn)
+            raise InvalidArgument(f"the id {call.id!r} is used twice in this message", field=f"{where}.tool_calls[{k}].id")
+        seen.add(call.id)
         _json_object(call.arguments, f"{where}.tool_calls[{k}].arguments")
     if message.role is Role.TOOL:
         if not message.tool_call_id:
@@ -155,6 +160,8 @@ def check_server_tools(request: GenerateRequest, enabled: frozenset[str]) -> Non
         if name in client or name in spec.names[:i]:
             raise InvalidArgument(f"{name!r} is named twice (or is also a client tool)", field=where)
     _check_ranges(spec, "server_tools")
+    if request.sampling.top_logprobs is not None:
+        raise InvalidArgument("logprobs are not streamed for the turns of an agent loop", field="sampling.top_logprobs")
     if request.response_format.kind is not FormatKind.TEXT:
         raise InvalidArgument("is not taken with server tools: use server_tools.tool_turn_grammar for tool turns",
                               field="response_format")
@@ -169,6 +176,9 @@ def _check_format(request: GenerateRequest) -> None:
         _json_object(fmt.text, "response_format.json_schema")
     if fmt.kind is FormatKind.GRAMMAR and not fmt.text.strip():
         raise InvalidArgument("is empty", field="response_format.grammar")
+    if request.server_tools is not None and request.server_tools.tool_turn_grammar \
+            and not request.server_tools.tool_turn_grammar.strip():
+        raise InvalidArgument("is only whitespace", field="server_tools.tool_turn_grammar")
     if fmt.kind is FormatKind.GRAMMAR and _calls_possible(request):
         # llama-server constrains a reply with one grammar: the tool calls' own.
         raise InvalidArgument("a grammar cannot be combined with tools (unless tool_choice is NONE)",

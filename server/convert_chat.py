@@ -134,7 +134,8 @@ def _sampling(s: pb.Sampling) -> chat.Sampling:
 def _reasoning(r: pb.ReasoningControls) -> chat.ReasoningControls:
     return chat.ReasoningControls(
         enable_thinking=r.enable_thinking if r.HasField("enable_thinking") else None,
-        reasoning_effort=_EFFORT.get(r.reasoning_effort),
+        reasoning_effort=None if r.reasoning_effort == pb.REASONING_EFFORT_UNSPECIFIED
+        else enum_value(_EFFORT, r.reasoning_effort, "reasoning.reasoning_effort"),
         preserve_thinking=r.preserve_thinking if r.HasField("preserve_thinking") else None,
     )
 

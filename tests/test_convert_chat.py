@@ -243,3 +243,9 @@ def test_any_usage_and_timings_the_decoder_can_produce_fit_the_final_event(usage
     done = sent(chat.Done(chat.FinishReason.STOP, usage, timings)).done
     assert done.usage.cached_prompt_tokens == usage.cached_prompt_tokens
     assert (done.timings.draft_n, done.timings.predicted_ms) == (timings.draft_n, timings.predicted_ms)
+
+
+def test_an_unknown_reasoning_effort_is_refused_by_its_path():
+    with pytest.raises(InvalidArgument) as caught:
+        convert(reasoning=pb.ReasoningControls(reasoning_effort=99))
+    assert caught.value.field == "reasoning.reasoning_effort"

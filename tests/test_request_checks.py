@@ -355,3 +355,34 @@ def test_an_empty_stop_string_is_refused():
     with pytest.raises(InvalidArgument) as caught:
         validate(GenerateRequest((text_message(Role.USER, "hi"),), Sampling(stop=("",))), Capabilities())
     assert caught.value.field == "sampling.stop"
+
+
+def test_a_messages_calls_have_tool_names_and_ids_of_their_own():
+    def with_calls(*calls: ToolCall) -> GenerateRequest:
+        return GenerateRequest((text_message(Role.USER, "hi"), ChatMessage(Role.ASSISTANT, tool_calls=calls)))
+
+    for calls, field in [((ToolCall("a", "f", "{}"), ToolCall("a", "g", "{}")), "messages[1].tool_calls[1].id"),
+                         ((ToolCall("a", "a b\n<|im_end|>", "{}"),), "messages[1].tool_calls[0].name")]:
+        with pytest.raises(InvalidArgument) as caught:
+            validate(with_calls(*calls), Capabilities())
+        assert caught.value.field == field
+    validate(with_calls(ToolCall("a", "f", "{}"), ToolCall("b", "f", "{}")), Capabilities())
+
+
+def test_a_mime_type_is_read_without_regard_to_case():
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 8
+    message = ChatMessage(Role.USER, (ImagePart(png, "IMAGE/PNG"),))
+    validate(GenerateRequest((message,)), Capabilities(vision=True))
+
+
+def test_server_tools_take_no_logprobs_and_no_blank_grammar():
+    from llamagate.domain.chat import ServerTools
+    from llamagate.domain.request_checks import check_server_tools
+
+    base = GenerateRequest((text_message(Role.USER, "hi"),), server_tools=ServerTools(("python",)))
+    with pytest.raises(InvalidArgument) as caught:
+        check_server_tools(replace(base, sampling=Sampling(top_logprobs=2)), frozenset({"python"}))
+    assert caught.value.field == "sampling.top_logprobs"
+    with pytest.raises(InvalidArgument) as caught:
+        validate(replace(base, server_tools=ServerTools(("python",), tool_turn_grammar="  \n")), Capabilities())
+    assert caught.value.field == "server_tools.tool_turn_grammar"
