@@ -115,6 +115,12 @@ class TemplateError(LlamagateError):
     reason = "TEMPLATE_ERROR"
 
 
+class RequestTooLarge(LlamagateError):
+    """A request larger than the service accepts (its message size limit)."""
+
+    reason = "REQUEST_TOO_LARGE"
+
+
 class ReplyUnparsable(LlamagateError):
     """The model's reply broke the tool-call parser's limits (its size, nesting or number of calls)."""
 

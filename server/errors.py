@@ -19,7 +19,8 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.EngineRejected: grpc.StatusCode.INVALID_ARGUMENT,
     errors.EngineFailed: grpc.StatusCode.UNAVAILABLE,
     errors.ContextExceeded: grpc.StatusCode.OUT_OF_RANGE,  # fixable by state: a larger context or a shorter chat
-    errors.ReplyUnparsable: grpc.StatusCode.RESOURCE_EXHAUSTED,  # the model's markup broke the parser's limits
+    errors.ReplyUnparsable: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,  # the model's markup broke the parser's limits
     errors.Superseded: grpc.StatusCode.CANCELLED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Aborted: grpc.StatusCode.ABORTED,  # the service ended it (unload, replacement): retry

@@ -15,6 +15,9 @@ from typing import Any
 
 import grpc
 
+from llamagate.domain.errors import RequestTooLarge
+from llamagate.server.errors import status_for, trailing_details
+
 SETTING = "LLAMAGATE_MAX_MESSAGE_MB (serve --max-message-mb)"
 _GRPC_CAP = (1 << 31) - 1
 
@@ -57,21 +60,22 @@ class MessageLimit(grpc.aio.ServerInterceptor):
             return _TooLarge(len(data)) if len(data) > self._limit else deserialize(data)
         return check
 
-    def _message(self, size: int) -> str:
-        return (f"the request is {size:,} bytes, more than this service accepts ({self._limit:,} bytes); "
-                f"send less (e.g. smaller images) or raise {SETTING}")
+    async def _refuse(self, context: grpc.aio.ServicerContext, size: int) -> None:
+        error = RequestTooLarge(f"the request is {size:,} bytes, more than this service accepts ({self._limit:,}"
+                                f" bytes); send less (e.g. smaller images) or raise {SETTING}")
+        await context.abort(status_for(error), str(error), trailing_details(error))
 
     def _unary(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _TooLarge):
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._message(request.size))
+                await self._refuse(context, request.size)
             return await behaviour(request, context)
         return run
 
     def _streaming(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _TooLarge):
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._message(request.size))
+                await self._refuse(context, request.size)
             async for response in behaviour(request, context):
                 yield response
         return run
