@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -63,6 +64,9 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
                     yield convert_chat.generate_event(event, request_id)
         except LlamagateError as error:
             await _abort(context, error, request_id)
+        except asyncio.CancelledError:  # the caller cancelled, or its deadline passed: the work upstream stops
+            log.info("generate %s: ended by the caller (cancel or deadline)", request_id)
+            raise
 
     async def CountTokens(self, request: pb.CountTokensRequest, context) -> pb.CountTokensResponse:
         try:
