@@ -90,11 +90,15 @@ class LlamaHttpClient:
         """The prompt tokens of ``call`` after the chat template, by
         llama-server's own templating and tokenizer (images included)."""
         try:
-            response = await self._client.post("/v1/chat/completions/input_tokens", json=template_body(call),
-                                               timeout=_PROPS_TIMEOUT)
+            # Tokenizing a long conversation takes a while: the stream's first-byte wait, not /props'.
+            response = await self._client.post("/v1/chat/completions/input_tokens", json=template_body(call))
+        except httpx.ReadTimeout as error:
+            raise EngineTimedOut(f"llama-server did not count the tokens within {self._read_timeout:g} s") from error
         except httpx.TransportError as error:
             raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
         payload = _json_or_text(response.content)
+        if response.status_code == 500:  # it answered, so it is up: the conversation is what failed (a bad image)
+            raise EngineRejected(f"llama-server could not count this conversation: {engine_error(payload, status=500)}")
         if response.status_code != 200:
             raise engine_error(payload, status=response.status_code)
         count = json_dict(payload).get("input_tokens")

@@ -584,6 +584,12 @@ def test_a_count_refused_by_llama_server_is_its_error():
         count_with(lambda r: httpx.Response(400, json=body))
 
 
+def test_a_count_llama_server_fails_on_is_the_conversations_fault_not_a_retry():
+    body = error_body("server_error", "Failed to load image or audio file", 500)
+    with pytest.raises(EngineRejected, match="could not count this conversation.*Failed to load image"):
+        count_with(lambda r: httpx.Response(500, json=body))
+
+
 @pytest.mark.parametrize("answer", [{}, {"input_tokens": "42"}, {"input_tokens": -1}, {"input_tokens": True}, [42]])
 def test_a_count_without_a_count_is_an_engine_failure(answer):
     with pytest.raises(EngineFailed, match="without input_tokens"):
