@@ -35,6 +35,7 @@ from llamagate.domain.errors import (
     Aborted,
     Cancelled,
     EngineFailed,
+    EngineRejected,
     Internal,
     LlamagateError,
     NoModelLoaded,
@@ -55,7 +56,7 @@ from llamagate.domain.ports import (
     ModelInspector,
     TemplateRenderer,
 )
-from llamagate.domain.request_checks import validate
+from llamagate.domain.request_checks import rejected_field, validate
 from llamagate.domain.restart_policy import RestartPolicy, failures_in_a_row, restart_delay
 from llamagate.domain.shards import model_id
 
@@ -501,6 +502,8 @@ class ModelSlot:
                     alone = admission.running == 1  # others' tokens share the decodes: their speed is not ours
                 except EngineFailed as error:
                     raise await self._why_stream_broke(generation, error) from error
+                except EngineRejected as error:  # name the field, where the engine's words tell which
+                    raise rejected_field(error, request) from error
                 if alone:
                     self._learn_prompt_speed(info, folder)
                 for event in folder.finish():

@@ -26,7 +26,7 @@ from llamagate.domain.chat import (
     Tool,
     ToolChoiceMode,
 )
-from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.errors import EngineRejected, InvalidArgument, LlamagateError
 
 _IMAGE_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -240,3 +240,18 @@ def _check(value: float | None, name: str, valid: Range) -> None:
         lower = f"> {valid.low}" if valid.above else f">= {valid.low}"
         bound = lower if valid.high is None else f"between {valid.low} and {valid.high}"
         raise InvalidArgument(f"must be {bound}, got {value}", field=name)
+
+
+def rejected_field(error: EngineRejected, request: GenerateRequest) -> LlamagateError:
+    """What the engine refused, as a field violation where its message says
+    which field it was (its grammar, its schema, an image); else as it came."""
+    text, fmt = str(error).lower(), request.response_format
+    if fmt.kind is FormatKind.GRAMMAR and "grammar" in text:
+        field = "response_format.grammar"
+    elif fmt.kind is FormatKind.JSON_SCHEMA and ("schema" in text or "grammar" in text):
+        field = "response_format.json_schema"
+    elif "image" in text and any(m.images for m in request.messages):
+        field = "messages"
+    else:
+        return error
+    return InvalidArgument(str(error), field=field)

@@ -130,7 +130,11 @@ def test_a_bad_grammar_is_invalid_argument(stub, smollm2_path):
     load(stub, smollm2_path, context_length=2048)
     request = ask("hi", max_tokens=4)
     request.response_format.grammar = "root ::= ("
-    assert_code(lambda: stub.Generate(request, timeout=60), grpc.StatusCode.INVALID_ARGUMENT)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stub.Generate(request, timeout=60))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [violation] = error_details(caught.value)["BadRequest"].field_violations
+    assert violation.field == "response_format.grammar" and "grammar" in violation.description
 
 
 # ------------------------------------------------------------ tools

@@ -386,3 +386,18 @@ def test_server_tools_take_no_logprobs_and_no_blank_grammar():
     with pytest.raises(InvalidArgument) as caught:
         validate(replace(base, server_tools=ServerTools(("python",), tool_turn_grammar="  \n")), Capabilities())
     assert caught.value.field == "server_tools.tool_turn_grammar"
+
+
+def test_what_the_engine_refuses_is_named_by_field_where_its_words_tell():
+    from llamagate.domain.chat import ResponseFormat
+    from llamagate.domain.errors import EngineRejected
+    from llamagate.domain.request_checks import rejected_field
+
+    hi = (text_message(Role.USER, "hi"),)
+    grammar = GenerateRequest(hi, response_format=ResponseFormat(FormatKind.GRAMMAR, "root ::= ("))
+    named = rejected_field(EngineRejected("llama-server rejected the request: failed to parse grammar"), grammar)
+    assert isinstance(named, InvalidArgument) and named.field == "response_format.grammar"
+    other = EngineRejected("llama-server rejected the request: something else")
+    assert rejected_field(other, grammar) is other
+    plain = EngineRejected("failed to parse grammar")  # no grammar was sent: the words prove nothing
+    assert rejected_field(plain, GenerateRequest(hi)) is plain
