@@ -91,17 +91,18 @@ class Agent:
                 if run.iterations == 0:
                     raise  # the client's own conversation does not fit
                 break  # the results so far fill the slot: the run ends here, saying so
-            for planned in run.turn_ended(reply):
-                async for event in self._call(run, planned, limits, tools):
+            planned = run.turn_ended(reply)
+            for index, client_call in enumerate(p.call for p in planned if p.client):
+                # the client runs these (a call of its own tools ends the run), as without server tools
+                yield ToolCallDelta(index, client_call.id, client_call.name, client_call.arguments)
+            for call in (p for p in planned if not p.client):
+                async for event in self._call(run, call, limits, tools):
                     yield event
         yield Done(run.finish_reason if turn is None else FinishReason.CONTEXT_LIMIT, run.usage, run.timings)
 
     async def _call(self, run: AgentRun, planned: PlannedCall, limits: AgentLimits,
                     tools: Mapping[str, ServerTool]) -> AsyncIterator[GenerateEvent]:
         call = planned.call
-        if planned.client:  # the client runs it: it gets the call, as without server tools
-            yield ToolCallDelta(0, call.id, call.name, call.arguments)
-            return
         yield ToolStarted(call.id, call.name, call.arguments, clean(planned.status))
         if planned.run:
             result, failed = await _run(tools[call.name], planned.arguments, limits.tool_timeout_s)

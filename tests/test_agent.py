@@ -211,10 +211,11 @@ def test_a_client_tool_call_ends_the_loop_with_tool_calls_for_the_client():
     weather = Tool("get_weather", "", '{"type": "object"}')
 
     async def scene(s: Scene) -> None:
-        await s.load(said(markup("get_weather", '{"city": "Paris"}')))
+        await s.load(said(markup("get_weather", '{"city": "Paris"}'), markup("get_weather", '{"city": "Oslo"}')))
         events = await s.run(ask(tools=(weather,)))
-        [delta] = [e for e in events if isinstance(e, ToolCallDelta)]
-        assert (delta.name, json.loads(delta.arguments)) == ("get_weather", {"city": "Paris"})
+        deltas = [e for e in events if isinstance(e, ToolCallDelta)]
+        assert [(d.index, d.name, json.loads(d.arguments)) for d in deltas] == [
+            (0, "get_weather", {"city": "Paris"}), (1, "get_weather", {"city": "Oslo"})]  # by index, as documented
         assert events[-1].finish_reason is FinishReason.TOOL_CALLS and len(s.asked) == 1
         assert s.toolbox.tools["python"].runs == []
 
