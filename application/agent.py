@@ -173,11 +173,16 @@ class _Heard:
     structured: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments]
     marked: dict[int, list[str]] = field(default_factory=dict)
     marked_order: list[int] = field(default_factory=list)
+    shown: bool = False  # visible text came in this turn
     done: Done | None = None
 
     def markup(self, piece: MarkupEvent) -> GenerateEvent | None:
-        if isinstance(piece, ContentDelta | ReasoningDelta):
-            (self.text if isinstance(piece, ContentDelta) else self.reasoning).append(piece.text)
+        if isinstance(piece, ContentDelta):
+            self.text.append(piece.text)
+            self.shown = self.shown or bool(piece.text.strip())
+            return piece
+        if isinstance(piece, ReasoningDelta):
+            self.reasoning.append(piece.text)
             return piece
         if isinstance(piece, ToolCallDelta):
             if piece.index not in self.marked:
@@ -187,7 +192,7 @@ class _Heard:
 
     def structured_piece(self, piece: ToolCallDelta) -> None:
         # SPEC §14: once visible text was shown in this turn, later structured calls are ignored.
-        if not "".join(self.text).strip():
+        if not self.shown:
             _accumulate(self.structured, piece)
 
     def reply(self) -> Reply:
