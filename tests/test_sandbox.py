@@ -19,7 +19,7 @@ import shutil
 
 import psutil
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from llamagate.adapters.tools import SandboxLimits, build_tools
@@ -362,6 +362,7 @@ def test_unprivileged_bubblewrap_uses_a_user_namespace():
     assert "--unshare-all" in argv and "--cap-add" not in argv and "--size" not in argv
 
 
+@example(chunks=[b"\x00" * 39, b"\xc2\x80"], limit=53)  # a character across the head/tail boundary, all kept
 @given(st.lists(st.binary(max_size=300), max_size=20), st.integers(1, 500))
 def test_the_capture_keeps_the_head_and_the_tail(chunks, limit):
     capture = OutputCapture(limit)

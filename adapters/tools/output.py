@@ -46,8 +46,8 @@ class OutputCapture:
 
     def text(self) -> str:
         """What was captured, as text (invalid UTF-8 replaced), saying what was dropped."""
-        head = self._head.decode("utf-8", "replace")
         omitted = self.total - len(self._head) - len(self._tail)
-        if omitted <= 0:
-            return head + self._tail.decode("utf-8", "replace")
-        return head + omitted_note(omitted, "bytes") + self._tail.decode("utf-8", "replace")
+        if omitted <= 0:  # all of it: decoded whole, so a character across head and tail survives
+            return (self._head + self._tail).decode("utf-8", "replace")
+        return self._head.decode("utf-8", "replace") + omitted_note(omitted, "bytes") + \
+            self._tail.decode("utf-8", "replace")
