@@ -23,6 +23,7 @@ DEFAULT_VARIANT = "Q4_K_M"  # what the Hub (llama-server -hf, Ollama hf.co/) pic
 # likely a mistyped file name than a legacy model id.
 _REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
+_DOUBLED = re.compile(r"([-.])\1")  # "--" and "..", which the Hub refuses in a repo id
 _VARIANT = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?")
 _REVISION = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_./-]{0,254})")
 _TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")  # printable ASCII: it goes into an HTTP header
@@ -49,7 +50,7 @@ class HubSource:
     def __post_init__(self) -> None:
         if not self.repo:
             raise InvalidArgument("a Hub repo is required, as owner/name", field="hub.repo")
-        if not _REPO.fullmatch(self.repo) or "--" in self.repo or ".." in self.repo or self.repo.endswith(".git"):
+        if not _REPO.fullmatch(self.repo) or _DOUBLED.search(self.repo) or self.repo.endswith(".git"):
             raise InvalidArgument(
                 f"{self.repo!r} is not a Hub repo id: owner/name, each 1-96 of letters, digits, '-', '_', '.'"
                 " (not starting or ending with '-' or '.', no '--' or '..')",
