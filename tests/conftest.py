@@ -108,3 +108,84 @@ def tiny_projector(tmp_path_factory) -> Path:
     from projector import write_projector
 
     return write_projector(tmp_path_factory.mktemp("projector") / "tiny-mmproj.gguf")
+
+
+# -- A local Hugging Face Hub (tests/hub_server.py): no internet here -------------
+
+
+@pytest.fixture(scope="session")
+def hub_repos(smollm2_path, tmp_path_factory):
+    """Every test repo (hub_server's *_REPO names), made from the real SmolLM2 (~2.5 s, once)."""
+    from hub_server import smollm2_hub_repos
+    from projector import write_projector
+
+    def projector(path: Path, seed: int) -> Path:
+        return write_projector(path, seed=seed)
+
+    return smollm2_hub_repos(smollm2_path, tmp_path_factory.mktemp("hub"), projector)
+
+
+@pytest.fixture(scope="session")
+def hub_session(hub_repos):
+    from hub_server import OTHER_TOKEN, HubServer
+
+    server = HubServer(hub_repos, tokens={OTHER_TOKEN}).start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def hub(hub_session):
+    """The session's Hub, its request log empty, no rate, hold or cut."""
+    hub_session.reset()
+    yield hub_session
+    hub_session.reset()
+
+
+@pytest.fixture
+def hf_cache(hub, tmp_path, monkeypatch) -> Path:
+    """huggingface_hub pointed at ``hub`` with an empty cache and no token of its own.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_HUB_CACHE and HF_HUB_OFFLINE
+    once, at import: the environment is set for child processes and the module
+    constants for this one. Returns the hub cache directory (HF_HUB_CACHE).
+    """
+    import huggingface_hub.constants as hf_constants
+    import huggingface_hub.utils._cache_manager as hf_cache_manager
+
+    home = tmp_path / "hf-home"
+    cache = home / "hub"
+    cache.mkdir(parents=True)
+    for name, value in {"HF_ENDPOINT": hub.endpoint, "HF_HOME": str(home), "HF_HUB_CACHE": str(cache)}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {
+        "ENDPOINT": hub.endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(cache),
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+        "CHECK_FOR_UPDATE_DONE_PATH": str(home / ".check_for_update_done"),
+        "CHECK_FOR_SKILL_UPDATE_DONE_PATH": str(home / ".check_for_skill_update_done"),
+        "HF_HUB_OFFLINE": False,
+    }.items():
+        monkeypatch.setattr(hf_constants, name, value)
+    monkeypatch.setattr(hf_cache_manager, "HF_HUB_CACHE", str(cache))  # scan_cache_dir's default
+    return cache
+
+
+@pytest.fixture
+def hf_offline(hf_cache, monkeypatch):
+    """Call it to switch huggingface_hub to offline mode (HF_HUB_OFFLINE=1) for the rest of the test."""
+    import huggingface_hub.constants as hf_constants
+
+    def go_offline() -> None:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+    return go_offline
