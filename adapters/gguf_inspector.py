@@ -8,9 +8,9 @@ from typing import Any
 
 from llamagate.domain.errors import InvalidModel, ModelNotFound
 from llamagate.domain.hyperparameters import Hyperparameters
-from llamagate.domain.model_facts import ModelFacts
+from llamagate.domain.model_facts import ModelFacts, MoreBytes
 from llamagate.domain.shards import shard_names
-from llamagate.rust_ext import GGUFError, scan_file
+from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 
 class GgufInspector:
@@ -24,17 +24,32 @@ class GgufInspector:
             raise InvalidModel(f"{path} is not a valid GGUF model: {error}") from error
         except OSError as error:
             raise InvalidModel(f"cannot read {path}: {error}") from error
-        architecture = header["architecture"]
-        if not architecture:
-            raise InvalidModel(f"{path} has no general.architecture key; is it a GGUF model?")
-        return ModelFacts(
-            path=str(file.resolve()),
-            architecture=architecture,
-            native_context_length=header["model"]["context_length"] or 0,
-            chat_template=header["chat_template"],
-            size_bytes=_total_size(file),
-            hyperparameters=hyperparameters(header["model"]),
-        )
+        return _facts(header, str(file.resolve()), _total_size(file))
+
+    def inspect_prefix(self, prefix: bytes, path: str, size_bytes: int) -> ModelFacts | MoreBytes:
+        try:
+            header = scan_bytes(prefix)
+        except GGUFError as error:
+            raise InvalidModel(f"{path} is not a valid GGUF model: {error}") from error
+        if not header["complete"]:
+            if len(prefix) >= size_bytes:  # the whole file, and still no end of header
+                raise InvalidModel(f"{path} is not a valid GGUF model: its header runs past its end")
+            return MoreBytes(header["bytes_needed"])
+        return _facts(header, path, size_bytes)
+
+
+def _facts(header: dict[str, Any], path: str, size_bytes: int) -> ModelFacts:
+    architecture = header["architecture"]
+    if not architecture:
+        raise InvalidModel(f"{path} has no general.architecture key; is it a GGUF model?")
+    return ModelFacts(
+        path=path,
+        architecture=architecture,
+        native_context_length=header["model"]["context_length"] or 0,
+        chat_template=header["chat_template"],
+        size_bytes=size_bytes,
+        hyperparameters=hyperparameters(header["model"]),
+    )
 
 
 def hyperparameters(model: dict[str, Any]) -> Hyperparameters:

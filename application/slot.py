@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 
 from llamagate.application.admission import Admission
+from llamagate.application.hub_models import HubModels, Resolved, describe, fetched_facts
 from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
 from llamagate.application.watchdog import Watchdog
@@ -37,12 +38,15 @@ from llamagate.domain.errors import (
     EngineFailed,
     EngineRejected,
     Internal,
+    InvalidArgument,
     LlamagateError,
     NoModelLoaded,
     NotReady,
 )
 from llamagate.domain.generation import StreamFolder, chat_call
 from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.hub import HubSource
+from llamagate.domain.hub_load import HubModel, fallback_note, memory_shortfall
 from llamagate.domain.launch import LaunchSpec, check_load_options, launch_from_plan, prior_speed
 from llamagate.domain.load_options import LoadOptions
 from llamagate.domain.load_plan import LoadPlan, plan_load
@@ -81,6 +85,9 @@ class SlotSettings:
     host_threads: int = 1  # CPU threads llama-server computes with when a load does not say (its default: all)
 
 
+ModelSource = str | HubSource  # a GGUF file on this machine, or a model on the Hub
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A load request that passed every check that needs no change to the slot."""
@@ -88,6 +95,7 @@ class Prepared:
     facts: ModelFacts
     options: LoadOptions
     projector_bytes: int
+    hub: Resolved | None = None  # still to download: its facts were read from the Hub
 
     @property
     def model_id(self) -> str:
@@ -109,8 +117,10 @@ class _Generation:
 
 class ModelSlot:
     def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe,
-                 settings: SlotSettings | None = None, renderer: TemplateRenderer | None = None) -> None:
+                 settings: SlotSettings | None = None, renderer: TemplateRenderer | None = None,
+                 hub: HubModels | None = None) -> None:
         self._inspector = inspector
+        self._hub = hub  # None: Hub sources are refused
         self._renderer = renderer  # reads capabilities off the chat template before launch
         self._launcher = launcher
         self._memory = memory
@@ -200,12 +210,26 @@ class ModelSlot:
 
     # ------------------------------------------------------------------ planning
 
-    async def plan(self, path: str, options: LoadOptions, gpus: list[GpuInfo] | None = None) -> LoadPlan:
-        """What a load would do now; ``gpus`` plans for those instead of ours."""
-        return await self._plan(await self._inspect(path, options), gpus)
+    async def plan(self, source: ModelSource, options: LoadOptions,
+                   gpus: list[GpuInfo] | None = None) -> tuple[LoadPlan, HubModel | None]:
+        """What a load would do now, and for a Hub model what it would fetch;
+        ``gpus`` plans for those instead of ours. Downloads nothing."""
+        prepared = await self._prepare(source, options, for_load=False)
+        return await self._plan(prepared, gpus), prepared.hub.model if prepared.hub else None
+
+    async def _prepare(self, source: ModelSource, options: LoadOptions, *, for_load: bool) -> Prepared:
+        check_load_options(options)
+        if isinstance(source, str):
+            return await self._inspect(source, options)
+        if self._hub is None:
+            raise InvalidArgument("this service does not load models from the Hub", field="hub")
+        if options.mmproj_path:
+            raise InvalidArgument("a Hub model brings its own projector when its repo has one; "
+                                  "mmproj_path is for files on this machine", field="options.mmproj_path")
+        resolved = await self._hub.resolve(source, for_load=for_load)
+        return Prepared(resolved.facts, options, resolved.projector_bytes, resolved)
 
     async def _inspect(self, path: str, options: LoadOptions) -> Prepared:
-        check_load_options(options)
         facts = await asyncio.to_thread(self._inspector.inspect, path)
         projector = 0
         if options.mmproj_path:
@@ -230,12 +254,26 @@ class ModelSlot:
 
     # ------------------------------------------------------------------ load
 
-    async def load(self, path: str, options: LoadOptions) -> AsyncGenerator[LoadEvent, None]:
-        """Load a model, replacing whatever is loaded or loading; yields its phases."""
+    async def load(self, source: ModelSource, options: LoadOptions) -> AsyncGenerator[LoadEvent, None]:
+        """Load a model, replacing whatever is loaded or loading; yields its phases.
+
+        A Hub model is resolved, its header read and its plan made before
+        anything is downloaded; the download runs while the model it
+        replaces keeps serving."""
         ticket = self._ops.ticket()
-        yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {path}")
-        prepared = await self._inspect(path, options)
-        await self._plan(prepared, None)  # bad options or hyperparameters fail here, nothing stopped yet
+        if isinstance(source, str):
+            yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {source}")
+        else:
+            yield LoadEvent(LoadPhase.RESOLVING, f"resolving {source.reference} on the Hub")
+        prepared = await self._prepare(source, options, for_load=True)
+        if prepared.hub is not None:
+            hub = prepared.hub.model
+            if note := fallback_note(hub):
+                log.info("%s", note)
+            yield LoadEvent(LoadPhase.RESOLVING, "; ".join(filter(None, [describe(hub), note])), hub=hub)
+        load_plan = await self._plan(prepared, None)  # bad options or hyperparameters fail here, nothing stopped yet
+        if prepared.hub is not None:
+            await self._check_memory(prepared, load_plan)
         await asyncio.to_thread(self._launcher.check)  # so does a missing or broken engine binary
         job = LoadJob()
         op = Operation(f"load of {prepared.model_id}", lambda op: self._load_op(op, job, prepared),
@@ -248,10 +286,27 @@ class ModelSlot:
             if not job.ended:  # our caller went away: the load stops, what it replaced comes back
                 op.abandon()
 
+    async def _check_memory(self, prepared: Prepared, load_plan: LoadPlan) -> None:
+        """A Hub model that could not fit even across all memory is refused
+        before its download (a local file still goes to llama-server's --fit)."""
+        gpus = await asyncio.to_thread(self._memory.gpus)
+        host = await asyncio.to_thread(self._memory.host_free_bytes)
+        if (shortfall := memory_shortfall(prepared.model_id, load_plan.plan, gpus, host)) is not None:
+            raise shortfall
+
     async def _load_op(self, op: Operation, job: LoadJob, prepared: Prepared) -> None:
         previous = self._restore_point
         self._restarts = self._failures = 0  # a caller's load starts the count again
+        if prepared.hub is not None and self._state is ModelState.READY:
+            fetched = await self._fetch_beside(op, job, prepared)  # the model it replaces serves meanwhile
+            if fetched is None:
+                return
+            prepared = fetched
         try:
+            if prepared.hub is not None:
+                self._transition(ModelState.LOADING, ModelInfo(id=prepared.model_id, path=prepared.facts.path),
+                                 error="")
+                prepared = await self._fetch(prepared, job)
             await self._stop_engine(Aborted(f"model {self._info.id} was replaced by a later load of "
                                             f"{prepared.model_id}"))
             await self._bring_up(prepared, job.emit)
@@ -273,6 +328,31 @@ class ModelSlot:
             await self._recover(restore, str(error), cancelled=False)
         finally:
             job.superseded()  # a no-op once ended: only a load that ended no other way was superseded
+
+    async def _fetch(self, prepared: Prepared, job: LoadJob) -> Prepared:
+        """DOWNLOADING: the files into the Hub cache; then the same facts, about the local file."""
+        assert self._hub is not None and prepared.hub is not None
+        fetched = await self._hub.download(prepared.hub, job.emit)
+        options = replace(prepared.options, mmproj_path=fetched.projector_path)
+        return Prepared(fetched_facts(prepared.hub, fetched), options, prepared.projector_bytes)
+
+    async def _fetch_beside(self, op: Operation, job: LoadJob, prepared: Prepared) -> Prepared | None:
+        """`_fetch` while the loaded model keeps serving: its end, for any reason
+        but success, leaves that model as it is (None)."""
+        try:
+            return await self._fetch(prepared, job)
+        except asyncio.CancelledError:
+            _uncancel()
+            if op.superseded:  # the later request decides what becomes of the loaded model
+                job.superseded()
+            else:
+                job.end(Cancelled(f"the download of {prepared.model_id} was cancelled by its caller; "
+                                  f"what was fetched stays in the cache, and the next load resumes it"))
+        except LlamagateError as error:
+            job.end(error)
+        except Exception as failure:  # noqa: BLE001 - a bug must not take the serving model with it
+            job.end(_internal(failure, prepared))
+        return None
 
     async def _bring_up(self, prepared: Prepared, emit: Callable[[LoadEvent], None],
                         launch: tuple[ModelInfo, LaunchSpec] | None = None) -> ModelInfo:

@@ -52,6 +52,41 @@ class InvalidModel(LlamagateError):
     reason = "INVALID_MODEL"
 
 
+class PermissionDenied(LlamagateError):
+    """Someone else's rules refuse the request: a gated repo, or a token the Hub refused."""
+
+    reason = "PERMISSION_DENIED"
+
+
+class NotCached(LlamagateError):
+    """Offline, and the local cache lacks what the request names."""
+
+    reason = "NOT_CACHED"
+
+
+class SourceUnavailable(LlamagateError):
+    """The place a model comes from (the Hub) could not be reached or failed;
+    trying again later can succeed."""
+
+    reason = "SOURCE_UNAVAILABLE"
+    retry_after_s = 5.0
+
+
+class InsufficientResources(LlamagateError):
+    """A model does not fit what the machine has (disk for its download,
+    memory for its weights); ``needed`` and ``available`` are bytes, ``where``
+    names the directory or the memory."""
+
+    def __init__(self, message: str, *, reason: str, needed: int, available: int, where: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.needed, self.available, self.where = needed, available, where
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"needed_bytes": str(self.needed), "available_bytes": str(self.available), "where": self.where}
+
+
 class NoModelLoaded(LlamagateError):
     """The call needs a ready model and none is."""
 

@@ -98,6 +98,7 @@ def parse_reference(text: str, *, field: str = "model") -> HubSource:
 class HubFile:
     path: str  # within the repo, '/'-separated, may sit in folders
     size: int  # bytes, from the Hub's file metadata
+    sha256: str = ""  # of the content, for files the Hub stores in LFS (every GGUF); "" when unknown
 
 
 @dataclass(frozen=True)

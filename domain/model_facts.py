@@ -19,3 +19,10 @@ class ModelFacts:
     # as the file holds them, unchecked: the planner checks their bounds and
     # derives the KV-relevant shape (domain.model_shape) when it needs it
     hyperparameters: Hyperparameters = field(default_factory=Hyperparameters)
+
+
+@dataclass(frozen=True)
+class MoreBytes:
+    """A header read from a prefix that ends too early: read at least ``at_least`` more bytes."""
+
+    at_least: int

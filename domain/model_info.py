@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 
 from llamagate.domain.capabilities import Capabilities
+from llamagate.domain.hub_load import DownloadProgress, HubModel
 from llamagate.domain.load_options import KvCacheType
 from llamagate.domain.load_plan import LoadPlan
 from llamagate.domain.model_state import ModelState
@@ -31,6 +32,7 @@ class ModelInfo:
 
 class LoadPhase(enum.Enum):
     RESOLVING = "resolving"
+    DOWNLOADING = "downloading"
     PLANNING = "planning"
     STARTING = "starting"
     LOADING = "loading"
@@ -45,3 +47,5 @@ class LoadEvent:
     bytes_total: int = 0
     model: ModelInfo | None = None  # STARTING and READY
     plan: LoadPlan | None = None  # PLANNING
+    hub: HubModel | None = None  # RESOLVING, for a model from the Hub: the files and what fetching them takes
+    download: DownloadProgress | None = None  # DOWNLOADING

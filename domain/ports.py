@@ -6,7 +6,7 @@ fake of each. Only domain types cross them: no URL, port, flag or raw dict.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
@@ -14,8 +14,9 @@ from typing import Protocol, TypeAlias
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, MarkupEvent, Tool
 from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.hub import HubFile, HubListing, HubSource
 from llamagate.domain.launch import LaunchSpec
-from llamagate.domain.model_facts import ModelFacts
+from llamagate.domain.model_facts import ModelFacts, MoreBytes
 from llamagate.domain.tools import ToolResult
 
 # What a chat template reads: messages, tools and its keyword arguments are
@@ -36,6 +37,63 @@ class TemplateRenderer(Protocol):
 class ModelInspector(Protocol):
     def inspect(self, path: str) -> ModelFacts:
         """Read the GGUF header (blocking). Raises ModelNotFound or InvalidModel."""
+        ...
+
+    def inspect_prefix(self, prefix: bytes, path: str, size_bytes: int) -> ModelFacts | MoreBytes:
+        """The facts of a model from the first bytes of its first shard (a
+        file not on this disk: ``path`` names it, ``size_bytes`` is all its
+        shards' size), or how many more bytes the header needs at least.
+        Raises InvalidModel."""
+        ...
+
+
+class ModelHub(Protocol):
+    """A model hub (the Hugging Face Hub) and its local cache, shared with other tools."""
+
+    @property
+    def cache_dir(self) -> str:
+        """Where downloads go."""
+        ...
+
+    @property
+    def offline(self) -> bool:
+        """Whether only the local cache may be used (HF_HUB_OFFLINE)."""
+        ...
+
+    def listing(self, source: HubSource) -> HubListing:
+        """The repo's files at the source's revision (blocking): from the Hub
+        online, with sizes and checksums; offline, what the cache holds of it.
+        Raises ModelNotFound (repo, revision), PermissionDenied (gated, token
+        refused), NotCached (offline), SourceUnavailable."""
+        ...
+
+    def cached_bytes(self, listing: HubListing) -> Mapping[str, int]:
+        """By path, the bytes of each file the cache already holds: whole
+        files, and the resumable part of an interrupted download (blocking)."""
+        ...
+
+    def local_path(self, listing: HubListing, path: str) -> str | None:
+        """The cached file for ``path`` at the listing's commit, if it is whole there (blocking)."""
+        ...
+
+    def read_range(self, source: HubSource, listing: HubListing, path: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a file (fewer past its end) by one range request (blocking)."""
+        ...
+
+    async def download(self, source: HubSource, listing: HubListing, file: HubFile,
+                       progress: Callable[[int], None]) -> str:
+        """Fetch ``file`` into the cache, resuming what an earlier call left,
+        and return its local path. ``progress(n)`` hears each ``n`` new bytes.
+        Cancelled, it stops at once and keeps what it fetched for the next
+        call. Raises SourceUnavailable (also for a checksum mismatch: the
+        partial file is removed), PermissionDenied, ModelNotFound."""
+        ...
+
+
+class DiskSpace(Protocol):
+    def free_bytes(self, directory: str) -> int:
+        """Bytes still free on the file system that holds ``directory``, or
+        would hold it once created (blocking)."""
         ...
 
 

@@ -13,18 +13,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from llamagate.adapters import paths
 from llamagate.adapters.child_process import kill_stale_children
 from llamagate.adapters.default_model import ensure_default_model
+from llamagate.adapters.disk_space import DiskSpace as LocalDiskSpace
 from llamagate.adapters.engine_discovery import find_llama_server
 from llamagate.adapters.gguf_inspector import GgufInspector
+from llamagate.adapters.hub_client import HfHub
 from llamagate.adapters.jinja_template import JinjaTemplateRenderer
 from llamagate.adapters.llama_process import LlamaServerLauncher
 from llamagate.adapters.markup_parser import RustMarkupParser
 from llamagate.adapters.memory_probe import SystemMemory
 from llamagate.adapters.tools import build_tools
 from llamagate.application.agent import Agent
+from llamagate.application.hub_models import HubModels
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.model_info import ModelInfo
 from llamagate.domain.model_state import ModelState
-from llamagate.domain.ports import MemoryProbe, ToolBox
+from llamagate.domain.ports import DiskSpace, MemoryProbe, ToolBox
 from llamagate.server.message_limit import MessageLimit, core_limit
 from llamagate.server.reflection import add_reflection
 from llamagate.server.service import LlamaGateService
@@ -39,14 +42,18 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def build_slot(settings: Settings, memory: MemoryProbe | None = None) -> ModelSlot:
-    """The slot with the real adapters (``memory`` replaces the system's probe: a what-if)."""
+def build_slot(settings: Settings, memory: MemoryProbe | None = None, disk: DiskSpace | None = None) -> ModelSlot:
+    """The slot with the real adapters (``memory`` and ``disk`` replace the
+    system's probes: a what-if). The Hub is huggingface_hub's, as its
+    environment (HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN) says."""
     def find_binary() -> Path:
         return find_llama_server(settings.env, settings.cache_dir, settings.llama_cpp_dir or None)
 
     launcher = LlamaServerLauncher(find_binary, registry_dir=paths.children_dir(settings.cache_dir), env=settings.env)
-    return ModelSlot(GgufInspector(), launcher, memory or SystemMemory(settings.env), settings.slot,
-                     renderer=JinjaTemplateRenderer())
+    inspector = GgufInspector()
+    hub = HubModels(HfHub(), disk or LocalDiskSpace(), inspector)
+    return ModelSlot(inspector, launcher, memory or SystemMemory(settings.env), settings.slot,
+                     renderer=JinjaTemplateRenderer(), hub=hub)
 
 
 def build_toolbox(tools: ToolSettings) -> ToolBox:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from llamagate.server.settings import MIB, Settings
 
@@ -53,7 +54,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gRPC service")
     serve.add_argument("--listen", default=address, help=f"host:port to listen on (default {address})")
-    serve.add_argument("--model", help="GGUF file to load at start (default: the embedded SmolLM2)")
+    serve.add_argument("--model", help="GGUF file or Hub REPO[:VARIANT] to load at start (default: the embedded"
+                                       " SmolLM2)")
     serve.add_argument("--no-model", action="store_true", help="start with nothing loaded")
     serve.add_argument("--ctx", type=int, default=0, help="context length (0 = the model's native)")
     serve.add_argument("--parallel", type=int, default=1, help="parallel slots")
@@ -75,6 +77,14 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     chat.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the service")
     chat.set_defaults(run=_client_command("chat"))
 
+    load = sub.add_parser("load", help="load a model into a running service, with progress")
+    load.set_defaults(run=_client_command("load"))
+    load.add_argument("model", help="GGUF file (on the service's machine) or Hub REPO[:VARIANT]")
+    load.add_argument("--revision", default="", help="Hub branch, tag or commit (default main)")
+    load.add_argument("--ctx", type=int, default=0, help="context length (0 = automatic, up to native)")
+    load.add_argument("--parallel", type=int, default=1, help="parallel slots")
+    load.add_argument("--address", default=address)
+    load.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the service")
     for name, help_text in (("status", "show what is loaded"), ("unload", "stop the loaded model")):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("--address", default=address)
@@ -97,7 +107,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     default.set_defaults(run=_model_default)
 
     plan = sub.add_parser("plan", help="show how a model would be loaded: context, GPUs, memory")
-    plan.add_argument("model", help="GGUF file")
+    plan.add_argument("model", help="GGUF file, or Hub REPO[:VARIANT] (planned from its header: nothing is"
+                                    " downloaded)")
+    plan.add_argument("--revision", default="", help="Hub branch, tag or commit (default main)")
     plan.add_argument("--ctx", type=int, default=0, help="context length (0 = automatic, up to native)")
     plan.add_argument("--parallel", type=int, default=1, help="parallel slots")
     plan.add_argument("--cache-type", default="f16", help="KV cache type: f32 f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 iq4_nl")
@@ -144,8 +156,8 @@ async def _run_service(settings: Settings, args) -> None:
     slot = build_slot(settings)
     loading = None
     if not args.no_model:
-        path = args.model or str(await default_model(settings))
-        loading = slot.load(path, LoadOptions(context_length=args.ctx, parallel=args.parallel))
+        source = model_source(args.model) if args.model else str(await default_model(settings))
+        loading = slot.load(source, LoadOptions(context_length=args.ctx, parallel=args.parallel))
         # Once the file is checked the model is LOADING; listen only then, so
         # an early client waits for it instead of seeing "no model loaded".
         first = await anext(loading)
@@ -233,12 +245,22 @@ def _plan(args) -> int:
         options = LoadOptions(context_length=args.ctx, parallel=args.parallel,
                               cache_type=KvCacheType(args.cache_type), mmproj_path=args.mmproj)
         gpus = parse_gpus(args.gpus) if args.gpus else None
-        load_plan = asyncio.run(build_slot(args.settings).plan(args.model, options, gpus))
+        source = model_source(args.model, revision=args.revision)
+        load_plan, hub = asyncio.run(build_slot(args.settings).plan(source, options, gpus))
     except (LlamagateError, ValueError) as error:
         print(f"llamagate: {error}", file=sys.stderr)
         return 1
-    print(render_plan(load_plan))
+    print(render_plan(load_plan, hub))
     return 0
+
+
+def model_source(text: str, *, revision: str = ""):
+    """A file when one is there (or the text names a .gguf), else a Hub ``REPO[:VARIANT]``."""
+    from llamagate.domain.hub import parse_reference
+
+    if Path(text).expanduser().exists() or text.lower().endswith(".gguf"):
+        return str(Path(text).expanduser())
+    return replace(parse_reference(text), revision=revision)
 
 
 def parse_gpus(text: str) -> list:

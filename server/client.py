@@ -104,3 +104,30 @@ def unload(args) -> int:
         return _fail(error)
     print(f"stopped llama-server pid {reply.pid}" if reply.was_loaded else "nothing was loaded")
     return 0
+
+
+def load(args) -> int:
+    """LoadModel with its phases on stderr (download progress on one line) and the model on stdout."""
+    from llamagate.domain.errors import LlamagateError
+    from llamagate.server.cli import model_source
+
+    try:
+        source = model_source(args.model, revision=args.revision)
+    except LlamagateError as error:
+        print(f"llamagate: {error}", file=sys.stderr)
+        return 1
+    request = pb.LoadModelRequest(options=pb.LoadOptions(context_length=args.ctx, parallel=args.parallel))
+    if isinstance(source, str):
+        request.path = source
+    else:
+        request.hub.CopyFrom(pb.HubSource(repo=source.repo, variant=source.variant, revision=source.revision))
+    try:
+        for event in _stub(args.address, args.connect_timeout).LoadModel(request):
+            phase = pb.LoadPhase.Name(event.phase).removeprefix("LOAD_PHASE_").lower()
+            end = "\r" if event.phase == pb.LOAD_PHASE_DOWNLOADING and sys.stderr.isatty() else "\n"
+            print(f"{_DIM}{phase}: {event.message}{_RESET}", end=end, file=sys.stderr, flush=True)
+            if event.phase == pb.LOAD_PHASE_READY:
+                print(f"{event.model.id} ready: context {event.model.context_length}, path {event.model.path}")
+    except (grpc.RpcError, Unreachable) as error:
+        return _fail(error)
+    return 0

@@ -7,6 +7,8 @@ from dataclasses import asdict
 from llamagate.domain.capabilities import Capabilities, ReasoningStyle
 from llamagate.domain.errors import InvalidArgument
 from llamagate.domain.gpus import GpuInfo
+from llamagate.domain.hub import HubSource
+from llamagate.domain.hub_load import DownloadProgress, HubModel
 from llamagate.domain.kv_cache import KvEstimate
 from llamagate.domain.load_options import KvCacheType, LoadOptions, Speculative
 from llamagate.domain.load_plan import LoadPlan
@@ -40,6 +42,7 @@ _PHASE = {
     LoadPhase.STARTING: pb.LOAD_PHASE_STARTING,
     LoadPhase.LOADING: pb.LOAD_PHASE_LOADING,
     LoadPhase.READY: pb.LOAD_PHASE_READY,
+    LoadPhase.DOWNLOADING: pb.LOAD_PHASE_DOWNLOADING,
 }
 _STATE = {
     ModelState.EMPTY: pb.MODEL_STATE_EMPTY,
@@ -63,11 +66,17 @@ def enum_value(table: dict, value: int, field: str):
         raise InvalidArgument(f"unknown value {value}", field=field) from None
 
 
-def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[str, LoadOptions]:
-    if request.WhichOneof("source") != "path" or not request.path:
-        raise InvalidArgument("is required: the GGUF file to load", field="path")
+def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[str | HubSource, LoadOptions]:
+    source: str | HubSource
+    if request.WhichOneof("source") == "hub":
+        h = request.hub
+        source = HubSource(repo=h.repo, variant=h.variant, revision=h.revision, token=h.token)
+    elif request.WhichOneof("source") == "path" and request.path:
+        source = request.path
+    else:
+        raise InvalidArgument("is required: the GGUF file to load, or `hub` (a Hugging Face Hub repo)", field="path")
     o = request.options
-    return request.path, LoadOptions(
+    return source, LoadOptions(
         context_length=o.context_length,
         parallel=o.parallel or 1,
         cache_type=enum_value(_CACHE, o.cache_type, "options.cache_type"),
@@ -79,7 +88,7 @@ def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[st
     )
 
 
-def plan_request(request: pb.PlanModelRequest) -> tuple[str, LoadOptions, list[GpuInfo] | None]:
+def plan_request(request: pb.PlanModelRequest) -> tuple[str | HubSource, LoadOptions, list[GpuInfo] | None]:
     path, options = load_request(request)
     gpus = [GpuInfo(g.index, g.free_bytes) for g in request.gpus] or None
     if gpus and len({g.index for g in gpus}) != len(gpus):
@@ -130,7 +139,32 @@ def load_event(event: LoadEvent) -> pb.LoadModelResponse:
         message.model.CopyFrom(model_info(event.model))
     if event.plan is not None:
         message.plan.CopyFrom(plan(event.plan))
+    if event.hub is not None:
+        message.hub.CopyFrom(hub_files(event.hub))
+    if event.download is not None:
+        message.download.CopyFrom(download(event.download))
     return message
+
+
+def hub_files(model: HubModel) -> pb.HubFiles:
+    selection = model.selection
+    return pb.HubFiles(
+        repo=model.repo,
+        commit=model.commit,
+        variant=selection.variant,
+        files=[pb.HubFile(path=f.path, size_bytes=f.size, projector=f is selection.mmproj) for f in selection.files],
+        bytes_total=model.bytes_total,
+        bytes_cached=model.bytes_cached,
+        bytes_to_download=model.bytes_to_download,
+        disk_free_bytes=model.disk_free,
+        cache_dir=model.cache_dir,
+        fits_disk=model.fits_disk,
+        requested_variant=model.requested_variant,
+    )
+
+
+def download(progress: DownloadProgress) -> pb.DownloadProgress:
+    return pb.DownloadProgress(**asdict(progress))
 
 
 def model_info(info: ModelInfo) -> pb.ModelInfo:

@@ -12,6 +12,10 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     errors.InvalidModel: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotCached: grpc.StatusCode.FAILED_PRECONDITION,  # offline: fixable by going online or fetching it
+    errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.InsufficientResources: grpc.StatusCode.RESOURCE_EXHAUSTED,  # disk or memory: the numbers are in ErrorInfo
     errors.NoModelLoaded: grpc.StatusCode.FAILED_PRECONDITION,
     errors.NotReady: grpc.StatusCode.UNAVAILABLE,  # loading or restarting: retry
     errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,  # the queue is full: retry later or elsewhere

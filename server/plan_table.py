@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from llamagate.domain.gpus import MIB
+from llamagate.domain.hub_load import HubModel
 from llamagate.domain.load_plan import LoadPlan
 
 
@@ -10,7 +11,7 @@ def _mib(n: int) -> str:
     return f"{n / MIB:,.1f} MiB"
 
 
-def render_plan(load_plan: LoadPlan) -> str:
+def render_plan(load_plan: LoadPlan, hub: HubModel | None = None) -> str:
     plan, facts, kv = load_plan.plan, load_plan.facts, load_plan.kv
     if plan.gpus:
         where = f"GPU {','.join(map(str, plan.gpus))} (every layer)"
@@ -28,6 +29,8 @@ def render_plan(load_plan: LoadPlan) -> str:
         rows.append(("  parts", f"K {_mib(kv.k_bytes)}, V {_mib(kv.v_bytes)}, SWA K {_mib(kv.swa_k_bytes)},"
                                  f" SWA V {_mib(kv.swa_v_bytes)}, recurrent {_mib(kv.recurrent_bytes)}"))
         rows.append(("  method", kv.explanation))
+    if hub is not None:
+        rows += _hub_rows(hub)
     lines = [f"{name:<10} {value}" for name, value in rows]
     if plan.shares:
         lines.append("")
@@ -39,3 +42,13 @@ def render_plan(load_plan: LoadPlan) -> str:
     lines.append("why:")
     lines += [f"  - {reason}" for reason in plan.reasons]
     return "\n".join(lines)
+
+
+def _hub_rows(hub: HubModel) -> list[tuple[str, str]]:
+    files = ", ".join(f.path for f in hub.selection.files)
+    disk = "fits" if hub.fits_disk else "does NOT fit: a load would take a smaller variant or fail"
+    return [
+        ("hub", f"{hub.reference} at {hub.commit[:12]}: {files}"),
+        ("download", f"{_mib(hub.bytes_to_download)} of {_mib(hub.bytes_total)} still to fetch"),
+        ("disk", f"{_mib(hub.disk_free)} free in {hub.cache_dir}: {disk}"),
+    ]

@@ -35,8 +35,8 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
 
     async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadModelResponse]:
         try:
-            path, options = convert.load_request(request)
-            async with contextlib.aclosing(self._slot.load(path, options)) as events:
+            source, options = convert.load_request(request)
+            async with contextlib.aclosing(self._slot.load(source, options)) as events:
                 async for event in events:
                     yield convert.load_event(event)
         except LlamagateError as error:
@@ -78,8 +78,9 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
 
     async def PlanModel(self, request: pb.PlanModelRequest, context) -> pb.PlanModelResponse:
         try:
-            path, options, gpus = convert.plan_request(request)
-            return pb.PlanModelResponse(plan=convert.plan(await self._slot.plan(path, options, gpus)))
+            source, options, gpus = convert.plan_request(request)
+            load_plan, hub = await self._slot.plan(source, options, gpus)
+            return pb.PlanModelResponse(plan=convert.plan(load_plan), hub=convert.hub_files(hub) if hub else None)
         except LlamagateError as error:
             await _abort(context, error)
             raise  # unreachable: abort raises

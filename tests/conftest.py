@@ -57,7 +57,7 @@ class RunningService:
     Tests talk to it through a real channel, exactly like a client would.
     """
 
-    def __init__(self, settings: Settings | None = None, memory: MemoryProbe | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, memory: MemoryProbe | None = None, disk=None) -> None:
         import asyncio
         import threading
 
@@ -65,14 +65,14 @@ class RunningService:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llamagate-test-server", daemon=True)
         self._thread.start()
-        self.app = self.call(self._start(settings, memory))
+        self.app = self.call(self._start(settings, memory, disk))
         self.address = f"127.0.0.1:{self.app.port}"
 
     @staticmethod
-    async def _start(settings: Settings, memory: MemoryProbe | None):
+    async def _start(settings: Settings, memory: MemoryProbe | None, disk):
         from llamagate.server.app import build_slot, create_server
 
-        return await create_server(settings, build_slot(settings, memory))  # the slot's tasks live on this loop
+        return await create_server(settings, build_slot(settings, memory, disk))  # the slot's tasks live on this loop
 
     def call(self, coroutine):
         import asyncio

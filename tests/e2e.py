@@ -8,10 +8,10 @@ import grpc
 import httpx
 import psutil
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from llamagate.v1 import llamagate_pb2 as pb
 

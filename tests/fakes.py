@@ -13,15 +13,15 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Tool, Usage
-from llamagate.domain.errors import ContextExceeded, EngineFailed, ModelNotFound, TemplateError
+from llamagate.domain.errors import ContextExceeded, EngineFailed, InvalidModel, ModelNotFound, TemplateError
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hyperparameters import Hyperparameters
 from llamagate.domain.launch import LaunchSpec
-from llamagate.domain.model_facts import ModelFacts
+from llamagate.domain.model_facts import ModelFacts, MoreBytes
 from llamagate.domain.ports import (
     ChatEngine,
     EngineExit,
@@ -48,15 +48,25 @@ def model_facts(path: str = "/models/SmolLM2-135M-Instruct.Q4_1.gguf", *, size: 
 
 
 class FakeInspector:
-    def __init__(self, *models: ModelFacts) -> None:
+    def __init__(self, *models: ModelFacts, header_bytes: int = 3 << 20) -> None:
         self.models = {m.path: m for m in models}
         self.calls: list[str] = []
+        self.header_bytes = header_bytes
 
     def inspect(self, path: str) -> ModelFacts:
         self.calls.append(path)
         if path not in self.models:
             raise ModelNotFound(f"model file not found: {path}")
         return self.models[path]
+
+    def inspect_prefix(self, prefix: bytes, path: str, size_bytes: int) -> ModelFacts | MoreBytes:
+        """A model's header is its first `header_bytes` here; ``path`` names it among ``models``."""
+        self.calls.append(path)
+        if path not in self.models:
+            raise InvalidModel(f"{path} is not a valid GGUF model")
+        if len(prefix) < self.header_bytes:
+            return MoreBytes(self.header_bytes - len(prefix))
+        return replace(self.models[path], size_bytes=size_bytes)
 
 
 class FakeMemory:
@@ -304,4 +314,167 @@ def _conforms(inspector: FakeInspector, memory: FakeMemory, launcher: FakeLaunch
     """Never called: the type checker proves each fake satisfies its port."""
     ports: tuple[ModelInspector, MemoryProbe, EngineLauncher, EngineProcess, ChatEngine, TemplateRenderer,
                  ServerTool, ToolBox] = (inspector, memory, launcher, engine, engine.chat, renderer, tool, toolbox)
+    del ports
+
+
+# -- The Hub (issue 11) ----------------------------------------------------------------
+# Imported here rather than at the top so that this block stays apart from the header.
+
+import hashlib
+
+from llamagate.domain.errors import NotCached, PermissionDenied, SourceUnavailable
+from llamagate.domain.hub import HubFile, HubListing, HubSource
+from llamagate.domain.ports import DiskSpace, ModelHub
+
+
+class FakeHub:
+    """The Hub over ``repos`` ({repo: {path: bytes}}) and an in-memory cache,
+    raising what HfHub raises.
+
+    ``gated`` repos list publicly but need ``access_token`` for their bytes;
+    ``private`` ones need it for everything (ModelNotFound otherwise, as on
+    the Hub); a token not in ``tokens`` is refused; ``down`` makes every call
+    SourceUnavailable. A download fetches half of its file, waits for
+    ``hold`` (an asyncio.Event) when one is set, then fetches the rest: a test
+    can cancel it there, and the half stays for the next call. A download of
+    a file in ``corrupt`` fails its checksum once (the half is dropped).
+    ``range_reads`` and ``downloads`` record each call that fetched bytes.
+    """
+
+    def __init__(self, repos: Mapping[str, Mapping[str, bytes]], *, cache_dir: str = "/fake-hf-cache",
+                 offline: bool = False, gated: Sequence[str] = (), private: Sequence[str] = (),
+                 access_token: str = "hf_fake_access") -> None:
+        self.repos = {repo: dict(files) for repo, files in repos.items()}
+        self.cache_dir, self.offline = cache_dir, offline
+        self.gated, self.private = set(gated), set(private)
+        self.access_token = access_token
+        self.tokens = {access_token}
+        self.down = False
+        self.hold: asyncio.Event | None = None
+        self.whole: set[tuple[str, str]] = set()  # (repo, path) in the cache
+        self.partial: dict[tuple[str, str], int] = {}  # (repo, path) → bytes an interrupted download left
+        self.corrupt: set[tuple[str, str]] = set()
+        self.range_reads: list[tuple[str, str, int, int]] = []  # (repo, path, start, end)
+        self.downloads: list[tuple[str, str, int]] = []  # (repo, path, the first byte fetched)
+        self.cancelled = 0
+        self._digests: dict[int, tuple[bytes, str]] = {}  # id(content) → (content, its sha256), hashed once
+
+    def commit(self, repo: str) -> str:
+        files = self.repos.get(repo, {})
+        return hashlib.sha1(repr((repo, sorted((p, self._sha256(d)) for p, d in files.items()))).encode()).hexdigest()
+
+    def listing(self, source: HubSource) -> HubListing:
+        if self.offline:
+            return self._cached_listing(source)
+        files = self._repo(source, metadata=True)
+        if source.revision not in ("", "main", self.commit(source.repo)):
+            raise ModelNotFound(f"{source.repo} has no revision {source.revision!r} on the Hub (fake)")
+        return HubListing(source.repo, self.commit(source.repo),
+                          tuple(self._file(path, data) for path, data in sorted(files.items())))
+
+    def cached_bytes(self, listing: HubListing) -> Mapping[str, int]:
+        held = {f.path: f.size if (listing.repo, f.path) in self.whole else self.partial.get((listing.repo, f.path), 0)
+                for f in listing.files if f.path.lower().endswith(".gguf")}
+        return {path: n for path, n in held.items() if n > 0}
+
+    def local_path(self, listing: HubListing, path: str) -> str | None:
+        if (listing.repo, path) not in self.whole:
+            return None
+        return f"{self.cache_dir}/models--{listing.repo.replace('/', '--')}/snapshots/{listing.commit}/{path}"
+
+    def read_range(self, source: HubSource, listing: HubListing, path: str, start: int, end: int) -> bytes:
+        data = self._content(source, path)
+        self.range_reads.append((source.repo, path, start, end))
+        return data[start:end]
+
+    async def download(self, source: HubSource, listing: HubListing, file: HubFile,
+                       progress: Callable[[int], None]) -> str:
+        found = self.local_path(listing, file.path)
+        if found is not None:
+            return found
+        data, key = self._content(source, file.path), (source.repo, file.path)
+        have = self.partial.get(key, 0)
+        self.downloads.append((source.repo, file.path, have))
+        try:
+            if have < len(data) // 2:
+                self.partial[key] = len(data) // 2
+                progress(len(data) // 2 - have)
+                have = len(data) // 2
+                if self.hold is not None:
+                    await self.hold.wait()
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        if key in self.corrupt:
+            self.corrupt.discard(key)
+            del self.partial[key]
+            raise SourceUnavailable(f"the download of {file.path} from {source.repo} did not match its sha256"
+                                    " (fake); the partial file was removed; try again")
+        progress(len(data) - have)
+        self.partial.pop(key, None)
+        self.whole.add(key)
+        return str(self.local_path(listing, file.path))
+
+    def _file(self, path: str, data: bytes) -> HubFile:
+        lfs = path.lower().endswith(".gguf")
+        return HubFile(path, len(data), self._sha256(data) if lfs else "")
+
+    def _sha256(self, data: bytes) -> str:
+        if id(data) not in self._digests:  # holding the content keeps its id from being reused
+            self._digests[id(data)] = (data, hashlib.sha256(data).hexdigest())
+        return self._digests[id(data)][1]
+
+    def _repo(self, source: HubSource, *, metadata: bool = False) -> dict[str, bytes]:
+        if self.down:
+            raise SourceUnavailable("could not reach the Hub (fake): it is down")
+        token = source.token or None
+        if token is not None and token not in self.tokens:
+            raise PermissionDenied("the Hub (fake) refused the token")
+        files = self.repos.get(source.repo)
+        if files is None or (source.repo in self.private and token != self.access_token):
+            raise ModelNotFound(f"no repository {source.repo} on the Hub (fake); a private repository looks the same"
+                                " without a token that may read it")
+        if source.repo in self.gated and not metadata and token != self.access_token:
+            raise PermissionDenied(f"{source.repo} is a gated repository: its files need the token of an account"
+                                   " that accepted its conditions")
+        return files
+
+    def _content(self, source: HubSource, path: str) -> bytes:
+        if self.offline:
+            raise NotCached(f"{path} of {source.repo} is not in the local Hub cache at {self.cache_dir},"
+                            " and HF_HUB_OFFLINE is set")
+        files = self._repo(source)
+        if path not in files:
+            raise ModelNotFound(f"{source.repo} has no file {path} on the Hub (fake)")
+        return files[path]
+
+    def _cached_listing(self, source: HubSource) -> HubListing:
+        commit = self.commit(source.repo)
+        files = self.repos.get(source.repo, {})
+        cached = tuple(self._file(p, files[p]) for p in sorted(files) if (source.repo, p) in self.whole)
+        if not cached or (source.revision not in ("", "main") and not commit.startswith(source.revision)):
+            raise NotCached(f"{source.repo} (revision {source.revision or 'main'}) is not in the local Hub cache"
+                            f" at {self.cache_dir}, and HF_HUB_OFFLINE is set")
+        return HubListing(source.repo, commit, cached)
+
+
+class FakeDiskSpace:
+    """``free`` bytes anywhere, or per directory in ``by_directory`` (the
+    longest matching prefix wins); ``asked`` records each directory asked."""
+
+    def __init__(self, free: int = 100 * GIB, by_directory: Mapping[str, int] | None = None) -> None:
+        self.free = free
+        self.by_directory = dict(by_directory or {})
+        self.asked: list[str] = []
+
+    def free_bytes(self, directory: str) -> int:
+        self.asked.append(directory)
+        prefixes = [d for d in self.by_directory if directory == d or directory.startswith(d.rstrip("/") + "/")]
+        return self.by_directory[max(prefixes, key=len)] if prefixes else self.free
+
+
+def _conforms_hub(hub: FakeHub, disk: FakeDiskSpace) -> None:
+    """Never called: the type checker proves the Hub's fakes satisfy their ports."""
+    ports: tuple[ModelHub, DiskSpace] = (hub, disk)
     del ports

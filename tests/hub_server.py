@@ -265,8 +265,9 @@ class HubServer:
         self._controls.rate = value
 
     def hold(self, filename: str, after_bytes: int) -> None:
-        """Once: the next body of ``filename`` (in any repo) stops after
-        ``after_bytes`` of it, sets ``held`` and waits for ``release()`` or for
+        """Once: the next body of ``filename`` (in any repo) that gets that far
+        stops after ``after_bytes`` of it (a shorter one, such as a header's
+        range read, passes), sets ``held`` and waits for ``release()`` or for
         the client to hang up (then the request is ``aborted``)."""
         with self._controls.lock:
             self._release.clear()
@@ -277,7 +278,8 @@ class HubServer:
         self._release.set()
 
     def cut(self, filename: str, after_bytes: int) -> None:
-        """Once: the next body of ``filename`` (in any repo) drops the connection after ``after_bytes``."""
+        """Once: the next body of ``filename`` (in any repo) that gets that far drops the connection after
+        ``after_bytes``."""
         with self._controls.lock:
             self._controls.cut = _Trigger(filename, after_bytes)
 
@@ -398,13 +400,19 @@ class HubServer:
         return found
 
     def _trigger(self, name: str, filename: str) -> _Trigger | None:
-        """Take a one-shot trigger (hold or cut) aimed at this file, if any."""
+        """The one-shot trigger (hold or cut) aimed at this file, if any; a body
+        that ends before its byte leaves it armed for the next."""
         with self._controls.lock:
             trigger = getattr(self._controls, name)
-            if trigger is None or trigger.filename != filename:
-                return None
+            return trigger if trigger is not None and trigger.filename == filename else None
+
+    def _fire(self, name: str, trigger: _Trigger) -> bool:
+        """Disarm ``trigger`` as it fires; False if another body fired it first."""
+        with self._controls.lock:
+            if getattr(self._controls, name) is not trigger:
+                return False
             setattr(self._controls, name, None)
-            return trigger
+            return True
 
     def _wait_released(self, connection: socket.socket) -> bool:
         """Hold a body until release(); False when the client hung up meanwhile."""
@@ -594,12 +602,12 @@ def _handler(hub: HubServer, *, cdn: bool) -> type[BaseHTTPRequestHandler]:
             with f.opened() as read:
                 while seen.body_bytes < end - start:
                     if hold is not None and seen.body_bytes >= hold.after:
-                        hold = None
-                        if not hub._wait_released(self.connection):
+                        fired, hold = hub._fire("hold", hold), None
+                        if fired and not hub._wait_released(self.connection):
                             seen.aborted = True
                             self.close_connection = True
                             return
-                    if cut is not None and seen.body_bytes >= cut.after:
+                    if cut is not None and seen.body_bytes >= cut.after and hub._fire("cut", cut):
                         seen.aborted = True
                         self.close_connection = True
                         self.wfile.flush()
