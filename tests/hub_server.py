@@ -867,3 +867,18 @@ def smollm2_hub_repos(model: Path, workdir: Path, projector: Callable[[Path, int
         PRIVATE_REPO: HubRepo({SMOLLM2_Q4_1: model, "README.md": README}, private=True, tokens=access),
         NO_GGUF_REPO: HubRepo({"model.safetensors": b"\0" * 64, "config.json": b"{}", "README.md": README}),
     }
+
+
+# -- What tests compare against -------------------------------------------------------
+
+
+def sha256(path: Path | str) -> str:
+    """The sha256 of a file on disk (what the Hub lists for an LFS file)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def content(hub: HubServer, repo: str, filename: str, size: int | None = None) -> bytes:
+    """The bytes ``hub`` serves for a file (its first ``size`` of them)."""
+    f = hub.repos[repo].files[filename]
+    return f.read(0, f.size if size is None else size)

@@ -6,7 +6,6 @@ offline listings; and DiskSpace."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 from collections.abc import Coroutine, Iterator
@@ -29,6 +28,8 @@ from hub_server import (
     SPLIT_SHARDS,
     TINY_REPO,
     TINY_VARIANTS,
+    content,
+    sha256,
 )
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.utils import WeakFileLock
@@ -49,16 +50,6 @@ def tiny(variant: str) -> str:
 
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coroutine, 60))
-
-
-def sha256(path: str | Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def content(hub, repo: str, filename: str) -> bytes:
-    f = hub.repos[repo].files[filename]
-    return f.read(0, f.size)
 
 
 def make(hub, hf_cache, **options) -> HfHub:

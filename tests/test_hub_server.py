@@ -29,6 +29,8 @@ from hub_server import (
     HubError,
     _byte_range,
     _gguf_layout,
+    content,
+    sha256,
 )
 from huggingface_hub import HfApi, HfFileSystem, get_hf_file_metadata, get_session, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
@@ -42,17 +44,6 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 from hypothesis import given
 from hypothesis import strategies as st
-
-
-def sha256(path: Path | str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def content(hub, repo: str, filename: str) -> bytes:
-    f = hub.repos[repo].files[filename]
-    return f.read(0, f.size)
-
 
 # -- listing and metadata ------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from fakes import FakeDiskSpace, FakeHub, FakeInspector, FakeLauncher, FakeMemory, model_facts
+from test_slot import error_of, until
 
 from llamagate.application.hub_models import HubModels
 from llamagate.application.slot import ModelSlot, SlotSettings
@@ -17,7 +18,6 @@ from llamagate.domain.errors import (
     Cancelled,
     InsufficientResources,
     InvalidArgument,
-    LlamagateError,
     SourceUnavailable,
     Superseded,
 )
@@ -66,17 +66,6 @@ def run(story: Callable[[World], Awaitable[None]], **parts: object) -> None:
             assert world.launcher.alive() == []
 
     asyncio.run(main())
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.001)
-
-
-async def error_of(awaitable: Awaitable[object]) -> LlamagateError:
-    with pytest.raises(LlamagateError) as caught:
-        await awaitable
-    return caught.value
 
 
 def test_a_hub_model_is_planned_from_its_header_then_downloaded_then_started_from_the_cache():
