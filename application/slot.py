@@ -140,6 +140,7 @@ class ModelSlot:
         self._restart_pending = False
         self._prompt_speeds: dict[tuple[str, tuple[int, ...]], float] = {}  # slowest prompt tokens/s seen
         self._prior_speed: float | None = None  # the running model's estimated prompt speed
+        self._resident_bytes = 0  # weights + KV the running model was planned to hold
         self._generations: set[_Generation] = set()
         self._listeners: list[StateListener] = []
         self._announcing: asyncio.Task[None] | None = None
@@ -291,7 +292,8 @@ class ModelSlot:
         before its download (a local file still goes to llama-server's --fit)."""
         gpus = await asyncio.to_thread(self._memory.gpus)
         host = await asyncio.to_thread(self._memory.host_free_bytes)
-        if (shortfall := memory_shortfall(prepared.model_id, load_plan.plan, gpus, host)) is not None:
+        held = self._resident_bytes if self._engine is not None else 0  # freed when it is replaced
+        if (shortfall := memory_shortfall(prepared.model_id, load_plan.plan, gpus, host, held)) is not None:
             raise shortfall
 
     async def _load_op(self, op: Operation, job: LoadJob, prepared: Prepared) -> None:
@@ -368,6 +370,7 @@ class ModelSlot:
                 decode_budget_s=decode_budget_s(self._settings.cancel_within_s),
                 host_threads=self._settings.host_threads, renderer=self._renderer)
             self._prior_speed = prior_speed(load_plan, prepared.options, self._settings.host_threads)
+            self._resident_bytes = load_plan.plan.weights_bytes + load_plan.plan.kv_bytes
             self._update_info(info)
             emit(LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan))
         else:

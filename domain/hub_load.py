@@ -120,12 +120,14 @@ def fallback_note(model: HubModel) -> str:
             f"({_gib(model.bytes_to_download)} to fetch), the smallest variant that fits")
 
 
-def memory_shortfall(model: str, plan: Plan, gpus: Sequence[GpuInfo], host_free: int) -> InsufficientResources | None:
+def memory_shortfall(model: str, plan: Plan, gpus: Sequence[GpuInfo], host_free: int,
+                     reclaimable: int = 0) -> InsufficientResources | None:
     """A model that cannot fit even across every GPU and the system memory
     together, at the smallest context the plan allows: its download would
-    be wasted (issue 11), so the load is refused before it starts."""
+    be wasted (issue 11), so the load is refused before it starts.
+    ``reclaimable``: what the model it replaces holds, free once it stops."""
     needed = plan.weights_bytes + plan.kv_bytes
-    available = sum(g.free_bytes for g in gpus) + host_free
+    available = sum(g.free_bytes for g in gpus) + host_free + reclaimable
     if needed <= available:
         return None
     where = (f"{len(gpus)} GPU(s) and system memory" if gpus else "system memory")

@@ -72,7 +72,7 @@ class FakeInspector:
 class FakeMemory:
     def __init__(self, gpus: list[GpuInfo] | None = None, host_free: int = 16 * GIB) -> None:
         self._gpus = gpus or []
-        self._host_free = host_free
+        self.host_free = host_free  # a test may change it
         self.probes = 0
 
     def gpus(self) -> list[GpuInfo]:
@@ -80,7 +80,7 @@ class FakeMemory:
         return list(self._gpus)
 
     def host_free_bytes(self) -> int:
-        return self._host_free
+        return self.host_free
 
 
 def reply(*texts: str) -> list[ChatChunk]:

@@ -46,7 +46,8 @@ class World:
         self.launcher = FakeLauncher()
         self.disk = disk or FakeDiskSpace()
         hub = HubModels(self.hub, self.disk, self.inspector)
-        self.slot = ModelSlot(self.inspector, self.launcher, memory or FakeMemory(),
+        self.memory = memory or FakeMemory()
+        self.slot = ModelSlot(self.inspector, self.launcher, self.memory,
                               SlotSettings(restart=RestartPolicy(enabled=False)), hub=hub)
 
     async def load(self, source: str | HubSource, **options: object) -> list[LoadEvent]:
@@ -176,6 +177,20 @@ def test_what_cannot_fit_fails_before_any_download():
         assert isinstance(error, InsufficientResources) and error.reason == "MODEL_TOO_LARGE"
         assert w.hub.downloads == [] and w.slot.status().state is ModelState.EMPTY
     run(story, memory=FakeMemory(host_free=1000))
+
+
+def test_the_memory_the_replaced_model_holds_counts_as_free_for_its_replacement():
+    async def story(w: World) -> None:
+        await w.load(LOCAL)  # a SmolLM2-shaped model of 90 MiB and its KV cache
+        w.memory.host_free = 60 << 20  # what is left beside it
+        await w.load(SOURCE)
+        assert w.slot.status().id == "Model-Q4_K_M"
+        await w.slot.unload()
+        w.hub.whole.clear()  # as if the cache were emptied
+        fetched = len(w.hub.downloads)
+        error = await error_of(w.load(SOURCE))  # nothing to replace: 60 MiB is all there is
+        assert isinstance(error, InsufficientResources) and len(w.hub.downloads) == fetched
+    run(story)
 
 
 def test_a_disk_too_small_takes_a_smaller_variant_or_fails_with_the_numbers():
