@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from llamagate.domain.launch import LaunchSpec
-from llamagate.domain.load_options import Speculative
+from llamagate.domain.load_options import ModelMode, Pooling, Speculative
 
 HOST = "127.0.0.1"  # loopback only: the child is ours, not the network's
 
@@ -53,6 +53,9 @@ def server_arguments(spec: LaunchSpec, *, port: int, template_file: str | None) 
         # (measured, bench/generate_overhead.py), and the cores stay free for
         # llamagate's own streaming instead of being fought over.
         "--poll", "0",
+        # Its host-side prompt cache is 8 GiB by default in this llama.cpp:
+        # set per model, and counted in the model's planned host memory.
+        "--cache-ram", str(spec.host_cache_mib),
     ]  # fmt: skip
     if spec.batch_size:  # one decode's tokens: llama-server acts on a cancel only between decodes
         args += ["--batch-size", str(spec.batch_size), "--ubatch-size", str(spec.batch_size)]
@@ -68,4 +71,16 @@ def server_arguments(spec: LaunchSpec, *, port: int, template_file: str | None) 
         args += ["--mmproj", spec.mmproj_path]
     else:  # never speculate on vision models (SPEC §15)
         args += _SPECULATIVE_FLAGS[spec.speculative]
-    return args
+    return args + _mode_flags(spec)
+
+
+def _mode_flags(spec: LaunchSpec) -> list[str]:
+    """--embeddings serves /v1/embeddings (with the model's pooling unless
+    one is named); --reranking is --embeddings with rank pooling, serving
+    /v1/rerank. The chat flags above stay: llama-server takes them in either
+    mode (the pinned build was started so), they only go unused."""
+    if spec.mode is ModelMode.EMBEDDING:
+        return ["--embeddings"] + ([] if spec.pooling is Pooling.DEFAULT else ["--pooling", spec.pooling.value])
+    if spec.mode is ModelMode.RERANK:
+        return ["--reranking"]  # never --pooling after it: a later --pooling would replace its rank pooling
+    return []

@@ -1,4 +1,5 @@
-"""llama-server's HTTP API: streamed chat completions, token counts, /props (SPEC §12, §13).
+"""llama-server's HTTP API: streamed chat completions, token counts, embeddings,
+rerank scores, /props (SPEC §12, §13).
 
 The SSE stream is decoded into ChatChunks (the chat JSON itself is
 ``llama_chat_wire``'s), llama-server's error frames mapped to the domain's
@@ -14,8 +15,21 @@ from typing import Final
 import httpx
 
 from llamagate.adapters.llama_chat_wire import chat_body, chunk_from_json, json_dict, json_int, json_str, template_body
+from llamagate.adapters.llama_embed_wire import (
+    EMBEDDINGS_PATH,
+    RERANK_PATH,
+    chunks,
+    embed_body,
+    embedding_error,
+    embeddings_from_json,
+    merge_embeddings,
+    merge_rankings,
+    ranking_from_json,
+    rerank_body,
+)
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk
+from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest
 from llamagate.domain.errors import (
     ContextExceeded,
     EngineFailed,
@@ -105,6 +119,43 @@ class LlamaHttpClient:
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise EngineFailed(f"llama-server answered a token count without input_tokens: {_excerpt(payload)}")
         return count
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """One vector per text, in order; sent in parts (``llama_embed_wire.chunks``)."""
+        parts = []
+        for part in chunks([len(text) for text in request.texts]):
+            texts = request.texts[part.start:part.stop]
+            payload = await self._post_json(EMBEDDINGS_PATH, embed_body(texts, normalize=request.normalize),
+                                            "compute the embeddings")
+            parts.append(embeddings_from_json(payload, len(texts)))
+        return merge_embeddings(parts)
+
+    async def rerank(self, request: RerankRequest) -> Ranking:
+        """Every document scored against the query, ranked, cut to ``top_n``; sent in parts."""
+        parts = []
+        for part in chunks([len(request.query) + len(document) for document in request.documents]):
+            documents = request.documents[part.start:part.stop]
+            payload = await self._post_json(RERANK_PATH, rerank_body(request.query, documents),
+                                            "score the documents")
+            parts.append((part.start, ranking_from_json(payload, len(documents))))
+        return merge_rankings(parts, request)
+
+    async def _post_json(self, path: str, body: Mapping[str, object], what: str) -> object:
+        """POST a JSON body and return the answer's JSON. An error answer is
+        ``embedding_error``'s when it is one only these endpoints give (a
+        500 there is an input too large, not a failed engine), else
+        ``engine_error``'s, as for a stream."""
+        try:
+            # The answer comes after the last input is decoded: the stream's first-byte wait.
+            response = await self._client.post(path, json=body)
+        except httpx.ReadTimeout as error:
+            raise EngineTimedOut(f"llama-server did not {what} within {self._read_timeout:g} s") from error
+        except httpx.TransportError as error:
+            raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
+        payload = _json_or_text(response.content)
+        if response.status_code != 200:
+            raise embedding_error(payload) or engine_error(payload, status=response.status_code)
+        return payload
 
     async def server_capabilities(self) -> ServerCapabilities:
         try:

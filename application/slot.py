@@ -23,6 +23,7 @@ import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
+from typing import TypeVar
 
 from llamagate.application.admission import Admission
 from llamagate.application.hub_models import HubModels, Resolved, describe, fetched_facts
@@ -32,6 +33,7 @@ from llamagate.application.watchdog import Watchdog
 from llamagate.domain.batching import decode_budget_s, learned_speed
 from llamagate.domain.capabilities import disagreements, merge_server_caps
 from llamagate.domain.chat import GenerateEvent, GenerateRequest
+from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest, check_embed, check_rerank
 from llamagate.domain.errors import (
     Aborted,
     Cancelled,
@@ -42,18 +44,21 @@ from llamagate.domain.errors import (
     LlamagateError,
     NoModelLoaded,
     NotReady,
+    WrongMode,
 )
 from llamagate.domain.generation import StreamFolder, chat_call
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hub import HubSource
 from llamagate.domain.hub_load import HubModel, fallback_note, memory_shortfall
 from llamagate.domain.launch import LaunchSpec, check_load_options, launch_from_plan, prior_speed
-from llamagate.domain.load_options import LoadOptions
+from llamagate.domain.load_options import LoadOptions, ModelMode
 from llamagate.domain.load_plan import LoadPlan, plan_load
 from llamagate.domain.model_facts import ModelFacts
 from llamagate.domain.model_info import LoadEvent, LoadPhase, ModelInfo
 from llamagate.domain.model_state import ModelState, check_transition
+from llamagate.domain.placement import footprint
 from llamagate.domain.ports import (
+    ChatEngine,
     EngineLauncher,
     EngineProcess,
     MemoryProbe,
@@ -83,6 +88,7 @@ class SlotSettings:
     watchdog: Watchdog = field(default_factory=Watchdog)
     cancel_within_s: float = 1.0  # the bound the batch size is chosen for; 0: the engine's default batch
     host_threads: int = 1  # CPU threads llama-server computes with when a load does not say (its default: all)
+    host_cache_mib: int = 256  # llama-server's host-side prompt cache per model (--cache-ram; its default: 8 GiB)
 
 
 ModelSource = str | HubSource  # a GGUF file on this machine, or a model on the Hub
@@ -140,7 +146,8 @@ class ModelSlot:
         self._restart_pending = False
         self._prompt_speeds: dict[tuple[str, tuple[int, ...]], float] = {}  # slowest prompt tokens/s seen
         self._prior_speed: float | None = None  # the running model's estimated prompt speed
-        self._resident_bytes = 0  # weights + KV the running model was planned to hold
+        self._footprint: dict[str, int] = {}  # what the running (or starting) model was planned to hold
+        self._last_used = 0.0  # loop time a generation last started or ended
         self._generations: set[_Generation] = set()
         self._listeners: list[StateListener] = []
         self._announcing: asyncio.Task[None] | None = None
@@ -149,6 +156,21 @@ class ModelSlot:
 
     def status(self) -> ModelInfo:
         return replace(self._info, state=self._state, last_error=self._last_error, restarts=self._restarts)
+
+    @property
+    def footprint(self) -> dict[str, int]:
+        """Memory by device the running or starting model was planned to hold; {} when none is."""
+        return dict(self._footprint)
+
+    @property
+    def in_flight(self) -> int:
+        """Generations streaming or queued now: a slot with any is never evicted."""
+        return len(self._generations)
+
+    @property
+    def last_used(self) -> float:
+        """Event-loop time a generation last started or ended (0: never)."""
+        return self._last_used
 
     def on_change(self, listener: StateListener) -> None:
         """Call ``listener(status)`` (or await it) after every change of state or
@@ -215,10 +237,16 @@ class ModelSlot:
                    gpus: list[GpuInfo] | None = None) -> tuple[LoadPlan, HubModel | None]:
         """What a load would do now, and for a Hub model what it would fetch;
         ``gpus`` plans for those instead of ours. Downloads nothing."""
-        prepared = await self._prepare(source, options, for_load=False)
+        prepared = await self.prepare(source, options, for_load=False)
         return await self._plan(prepared, gpus), prepared.hub.model if prepared.hub else None
 
-    async def _prepare(self, source: ModelSource, options: LoadOptions, *, for_load: bool) -> Prepared:
+    async def plan_prepared(self, prepared: Prepared, gpus: list[GpuInfo] | None = None) -> LoadPlan:
+        """The plan for a prepared load with the memory free now (or for ``gpus``)."""
+        return await self._plan(prepared, gpus)
+
+    async def prepare(self, source: ModelSource, options: LoadOptions, *, for_load: bool) -> Prepared:
+        """Every check of a load that needs no change to the slot: the file or
+        the Hub's files, the header, the options (no state of this slot is read)."""
         check_load_options(options)
         if isinstance(source, str):
             return await self._inspect(source, options)
@@ -255,18 +283,22 @@ class ModelSlot:
 
     # ------------------------------------------------------------------ load
 
-    async def load(self, source: ModelSource, options: LoadOptions) -> AsyncGenerator[LoadEvent, None]:
+    async def load(self, source: ModelSource | Prepared, options: LoadOptions) -> AsyncGenerator[LoadEvent, None]:
         """Load a model, replacing whatever is loaded or loading; yields its phases.
 
         A Hub model is resolved, its header read and its plan made before
         anything is downloaded; the download runs while the model it
-        replaces keeps serving."""
+        replaces keeps serving. ``source`` may be `prepare`'s result already
+        (``options`` are then its own)."""
         ticket = self._ops.ticket()
-        if isinstance(source, str):
-            yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {source}")
+        if isinstance(source, Prepared):
+            prepared = source
         else:
-            yield LoadEvent(LoadPhase.RESOLVING, f"resolving {source.reference} on the Hub")
-        prepared = await self._prepare(source, options, for_load=True)
+            if isinstance(source, str):
+                yield LoadEvent(LoadPhase.RESOLVING, f"reading the GGUF header of {source}")
+            else:
+                yield LoadEvent(LoadPhase.RESOLVING, f"resolving {source.reference} on the Hub")
+            prepared = await self.prepare(source, options, for_load=True)
         if prepared.hub is not None:
             hub = prepared.hub.model
             if note := fallback_note(hub):
@@ -292,7 +324,7 @@ class ModelSlot:
         before its download (a local file still goes to llama-server's --fit)."""
         gpus = await asyncio.to_thread(self._memory.gpus)
         host = await asyncio.to_thread(self._memory.host_free_bytes)
-        held = self._resident_bytes if self._engine is not None else 0  # freed when it is replaced
+        held = sum(self.footprint.values())  # freed when it is replaced
         if (shortfall := memory_shortfall(prepared.model_id, load_plan.plan, gpus, host, held)) is not None:
             raise shortfall
 
@@ -368,9 +400,10 @@ class ModelSlot:
                 launch_from_plan, load_plan, prepared.options,
                 prompt_speed=self._prompt_speeds.get((prepared.facts.path, load_plan.plan.gpus)),
                 decode_budget_s=decode_budget_s(self._settings.cancel_within_s),
-                host_threads=self._settings.host_threads, renderer=self._renderer)
+                host_threads=self._settings.host_threads, renderer=self._renderer,
+                host_cache_mib=self._settings.host_cache_mib)
             self._prior_speed = prior_speed(load_plan, prepared.options, self._settings.host_threads)
-            self._resident_bytes = load_plan.plan.weights_bytes + load_plan.plan.kv_bytes
+            self._footprint = footprint(load_plan.plan, self._settings.host_cache_mib << 20)
             self._update_info(info)
             emit(LoadEvent(LoadPhase.PLANNING, _plan_message(info, load_plan), plan=load_plan))
         else:
@@ -457,6 +490,7 @@ class ModelSlot:
             self._exit_watch.cancel()
         await engine.stop()
         self._engine = None
+        self._footprint = {}
 
     # ------------------------------------------------------------------ failures and restarts
 
@@ -564,6 +598,7 @@ class ModelSlot:
     async def generate(self, request: GenerateRequest, *, checked: bool = False) -> AsyncGenerator[GenerateEvent, None]:
         """``checked``: the caller validated the request already (the agent loop's turns)."""
         info = self.serving()
+        _check_mode(info, ModelMode.CHAT)
         engine, admission = self._engine, self._admission
         assert engine is not None and admission is not None  # serving() said so
         if not checked:
@@ -571,6 +606,7 @@ class ModelSlot:
         call = chat_call(request, info.capabilities, slot_context(info))
         generation = _Generation()
         self._generations.add(generation)
+        self._last_used = asyncio.get_running_loop().time()
         folder = StreamFolder(max_tokens=call.max_tokens)
         try:
             async with admission.slot():  # Overloaded when the queue is full; waits here otherwise
@@ -593,6 +629,7 @@ class ModelSlot:
                     yield event
         finally:
             self._generations.discard(generation)
+            self._last_used = asyncio.get_running_loop().time()
 
     def _learn_prompt_speed(self, info: ModelInfo, folder: StreamFolder) -> None:
         """The next start of this model (a restart, a reload) sizes its batch from it."""
@@ -617,6 +654,40 @@ class ModelSlot:
         tokens = await engine.chat.count_tokens(chat_call(request, info.capabilities, slot_context(info)))
         return tokens, slot_context(info)
 
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """One vector per text, from a model loaded in EMBEDDING mode; queued
+        for a slot as a generation is (Overloaded when the queue is full)."""
+        _check_mode(self.serving(), ModelMode.EMBEDDING)
+        check_embed(request)
+        return await self._queued(lambda chat: chat.embed(request))
+
+    async def rerank(self, request: RerankRequest) -> Ranking:
+        """The documents ranked against the query by a model loaded in RERANK
+        mode, best first, ``top_n`` of them; queued for a slot as a generation is."""
+        _check_mode(self.serving(), ModelMode.RERANK)
+        check_rerank(request)
+        return await self._queued(lambda chat: chat.rerank(request))
+
+    async def _queued(self, work: Callable[[ChatEngine], Awaitable[_T]]) -> _T:
+        """``work`` on the engine in one of the admission's slots, ended with
+        the slot's reason (Aborted, ...) when the model stops meanwhile."""
+        engine, admission = self._engine, self._admission
+        assert engine is not None and admission is not None  # serving() said so
+        generation = _Generation()
+        self._generations.add(generation)
+        self._last_used = asyncio.get_running_loop().time()
+        try:
+            async with admission.slot():
+                if generation.abort is not None:  # the model stopped while we waited
+                    raise generation.abort
+                try:
+                    return await work(engine.chat)
+                except EngineFailed as error:
+                    raise await self._why_stream_broke(generation, error) from error
+        finally:
+            self._generations.discard(generation)
+            self._last_used = asyncio.get_running_loop().time()
+
     async def _why_stream_broke(self, generation: _Generation, error: EngineFailed) -> LlamagateError:
         """A broken stream is often the first news of a stop or a crash: say which."""
         if generation.abort is None and self._exit_watch is not None:
@@ -640,6 +711,17 @@ class ModelSlot:
 def slot_context(info: ModelInfo) -> int:
     """The tokens one slot holds: llama-server splits the context evenly."""
     return info.context_length // max(info.parallel, 1)
+
+
+_T = TypeVar("_T")
+_SERVES = {ModelMode.CHAT: "chat completions", ModelMode.EMBEDDING: "embeddings", ModelMode.RERANK: "rerank scores"}
+
+
+def _check_mode(info: ModelInfo, needed: ModelMode) -> None:
+    """Raise WrongMode unless the serving model was loaded for ``needed``."""
+    if info.mode is not needed:
+        raise WrongMode(f"model {info.id} was loaded in {info.mode.value} mode and serves {_SERVES[info.mode]} "
+                        f"only; {_SERVES[needed]} need a model loaded in {needed.value} mode (LoadOptions.mode)")
 
 
 def _uncancel() -> None:

@@ -184,3 +184,10 @@ class Internal(LlamagateError):
     """A bug: something failed that no rule foresaw. The message says what."""
 
     reason = "INTERNAL"
+
+
+class WrongMode(LlamagateError):
+    """The loaded model serves another kind of request: chat on a model
+    loaded for embeddings or reranking, or embeddings on a chat model."""
+
+    reason = "WRONG_MODEL_MODE"

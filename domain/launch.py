@@ -16,7 +16,7 @@ from llamagate.domain.capabilities import (
     launch_template_kwargs,
 )
 from llamagate.domain.errors import InvalidArgument
-from llamagate.domain.load_options import KvCacheType, LoadOptions, Speculative
+from llamagate.domain.load_options import KvCacheType, LoadOptions, ModelMode, Pooling, Speculative
 from llamagate.domain.load_plan import LoadPlan
 from llamagate.domain.model_info import ModelInfo
 from llamagate.domain.model_state import ModelState
@@ -40,11 +40,14 @@ class LaunchSpec:
     speculative: Speculative = Speculative.OFF  # never used with a vision projector (SPEC §15)
     mmproj_path: str = ""
     batch_size: int = 0  # prompt tokens per decode (logical and physical batch); 0 = the engine's default
+    mode: ModelMode = ModelMode.CHAT
+    pooling: Pooling = Pooling.DEFAULT  # EMBEDDING only: RERANK always ranks
+    host_cache_mib: int = 0  # llama-server's host-side prompt cache (--cache-ram), planned as host memory
 
 
 def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed: float | None = None,
                      decode_budget_s: float = 0.0, host_threads: int = 1,
-                     renderer: TemplateRenderer | None = None) -> tuple[ModelInfo, LaunchSpec]:
+                     renderer: TemplateRenderer | None = None, host_cache_mib: int = 0) -> tuple[ModelInfo, LaunchSpec]:
     """The ModelInfo a load will report and the launch that realises its plan.
 
     ``renderer`` renders the chat template to read its capabilities (blocking,
@@ -60,6 +63,10 @@ def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed:
     mid = model_id(PurePath(facts.path).name)
     template = options.chat_template or facts.chat_template
     caps = capabilities_from_template(template, mid, vision=bool(options.mmproj_path), renderer=renderer)
+    # An embedding or rerank model never generates: nothing drafts, and no
+    # chat template is rendered (a rerank prompt is the model's own "rerank"
+    # template, or query and document between its special tokens).
+    chat = options.mode is ModelMode.CHAT
     info = ModelInfo(
         id=mid,
         path=facts.path,
@@ -72,6 +79,7 @@ def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed:
         parallel=options.parallel,
         has_chat_template=bool(template),
         size_bytes=facts.size_bytes,
+        mode=options.mode,
     )
     spec = LaunchSpec(
         model_path=facts.path,
@@ -81,11 +89,14 @@ def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed:
         cache_type=options.cache_type,
         offload_all=plan.offload_all,
         gpus=plan.gpus,
-        chat_template=options.chat_template,
-        template_kwargs=launch_template_kwargs(caps, mid),
-        speculative=Speculative.OFF if options.mmproj_path else options.speculative,
+        chat_template=options.chat_template if chat else "",
+        template_kwargs=launch_template_kwargs(caps, mid) if chat else {},
+        speculative=options.speculative if chat and not options.mmproj_path else Speculative.OFF,
         mmproj_path=options.mmproj_path,
         batch_size=_batch(load_plan, options, prompt_speed, decode_budget_s, host_threads),
+        mode=options.mode,
+        pooling=options.pooling,
+        host_cache_mib=host_cache_mib,
     )
     return info, spec
 
@@ -94,6 +105,12 @@ def _batch(load_plan: LoadPlan, options: LoadOptions, prompt_speed: float | None
            host_threads: int) -> int:
     if options.batch_size:
         return options.batch_size
+    if options.mode is not ModelMode.CHAT:
+        # llama-server takes each input whole in one physical batch (bidirectional
+        # attention, mean or CLS pooling: it refuses to split one), so the batch
+        # bounds the longest input: a slot's context, within MAX_BATCH. A cancel
+        # cannot stop an input midway anyway, so a small batch would buy nothing.
+        return min(load_plan.plan.context_length // max(options.parallel, 1), MAX_BATCH)
     if budget_s <= 0:
         return 0
     on_gpu = bool(load_plan.plan.gpus)
@@ -122,3 +139,19 @@ def check_load_options(options: LoadOptions) -> None:
         raise InvalidArgument(f"context_length must be 0 (automatic) or positive, got {options.context_length}")
     if not 0 <= options.batch_size <= MAX_BATCH:
         raise InvalidArgument(f"batch_size must be 0 (automatic) or 1..{MAX_BATCH}, got {options.batch_size}")
+    _check_pooling(options.mode, options.pooling)
+
+
+def _check_pooling(mode: ModelMode, pooling: Pooling) -> None:
+    field = "options.pooling"
+    if pooling is Pooling.DEFAULT or (mode, pooling) == (ModelMode.RERANK, Pooling.RANK):
+        return
+    if pooling is Pooling.RANK:
+        raise InvalidArgument("rank pooling scores (query, document) pairs: load with mode rerank", field=field)
+    if mode is not ModelMode.EMBEDDING:
+        raise InvalidArgument(f"pooling is for mode embedding; a {mode.value} model takes the default",
+                              field=field)
+    if pooling is Pooling.NONE:
+        # Pooling none leaves one vector per token; an embedding is one vector per text.
+        raise InvalidArgument("pooling none gives a vector per token, not one per text: choose mean, cls or last "
+                              "(or the default, what the model says)", field=field)

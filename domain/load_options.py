@@ -29,6 +29,26 @@ class Speculative(enum.Enum):
     NGRAM_MOD = "ngram-mod"
 
 
+class ModelMode(enum.Enum):
+    """What a model is started to serve: chat completions, embeddings, or reranking scores."""
+
+    CHAT = "chat"
+    EMBEDDING = "embedding"
+    RERANK = "rerank"
+
+
+class Pooling(enum.Enum):
+    """How token embeddings become one vector (an embedding model's pooling);
+    DEFAULT is what the model's own metadata says."""
+
+    DEFAULT = "default"
+    NONE = "none"
+    MEAN = "mean"
+    CLS = "cls"
+    LAST = "last"
+    RANK = "rank"
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     context_length: int = 0  # 0 = automatic, up to the native context
@@ -39,3 +59,5 @@ class LoadOptions:
     speculative: Speculative = Speculative.OFF
     mmproj_path: str = ""
     batch_size: int = 0  # prompt tokens per decode; 0 = chosen so a cancel takes effect quickly
+    mode: ModelMode = ModelMode.CHAT
+    pooling: Pooling = Pooling.DEFAULT  # EMBEDDING only; RERANK always ranks

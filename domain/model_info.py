@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from llamagate.domain.capabilities import Capabilities
 from llamagate.domain.hub_load import DownloadProgress, HubModel
-from llamagate.domain.load_options import KvCacheType
+from llamagate.domain.load_options import KvCacheType, ModelMode
 from llamagate.domain.load_plan import LoadPlan
 from llamagate.domain.model_state import ModelState
 
@@ -28,6 +28,7 @@ class ModelInfo:
     size_bytes: int = 0
     last_error: str = ""  # FAILED: why; after a restart, why it was needed
     restarts: int = 0  # times the restart policy started the engine again since the load
+    mode: ModelMode = ModelMode.CHAT  # what it serves: chat, embeddings or rerank scores
 
 
 class LoadPhase(enum.Enum):

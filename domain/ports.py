@@ -13,6 +13,7 @@ from typing import Protocol, TypeAlias
 
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, MarkupEvent, Tool
+from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hub import HubFile, HubListing, HubSource
 from llamagate.domain.launch import LaunchSpec
@@ -132,6 +133,22 @@ class ChatEngine(Protocol):
 
     async def server_capabilities(self) -> ServerCapabilities:
         """What the engine reports about the loaded template and modalities (all None if it cannot say)."""
+        ...
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """One vector per text, in order, of an engine started in EMBEDDING
+        mode. Raises EngineFailed (EngineTimedOut), EngineRejected (the
+        engine refused it, e.g. a model without pooling), or ContextExceeded
+        when a text is longer than the engine takes at once (a slot's context,
+        or its batch)."""
+        ...
+
+    async def rerank(self, request: RerankRequest) -> Ranking:
+        """Each document scored against the query by an engine started in
+        RERANK mode: ranked best first (``embeddings.rank``), cut to
+        ``top_n``. Raises EngineFailed (EngineTimedOut), EngineRejected, or
+        ContextExceeded when a query with a document is longer than a slot's
+        context (or the engine's batch)."""
         ...
 
 

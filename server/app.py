@@ -24,7 +24,9 @@ from llamagate.adapters.memory_probe import SystemMemory
 from llamagate.adapters.tools import build_tools
 from llamagate.application.agent import Agent
 from llamagate.application.hub_models import HubModels
+from llamagate.application.registry import ModelRegistry
 from llamagate.application.slot import ModelSlot
+from llamagate.domain.model_config import ServiceConfig
 from llamagate.domain.model_info import ModelInfo
 from llamagate.domain.model_state import ModelState
 from llamagate.domain.ports import DiskSpace, MemoryProbe, ToolBox
@@ -42,18 +44,24 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def build_slot(settings: Settings, memory: MemoryProbe | None = None, disk: DiskSpace | None = None) -> ModelSlot:
-    """The slot with the real adapters (``memory`` and ``disk`` replace the
-    system's probes: a what-if). The Hub is huggingface_hub's, as its
-    environment (HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN) says."""
+def build_registry(settings: Settings, memory: MemoryProbe | None = None, disk: DiskSpace | None = None,
+                   config: ServiceConfig | None = None) -> ModelRegistry:
+    """The model registry with the real adapters (``memory`` and ``disk``
+    replace the system's probes: a what-if). The Hub is huggingface_hub's, as
+    its environment (HF_ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN) says."""
     def find_binary() -> Path:
         return find_llama_server(settings.env, settings.cache_dir, settings.llama_cpp_dir or None)
 
     launcher = LlamaServerLauncher(find_binary, registry_dir=paths.children_dir(settings.cache_dir), env=settings.env)
     inspector = GgufInspector()
     hub = HubModels(HfHub(), disk or LocalDiskSpace(), inspector)
-    return ModelSlot(inspector, launcher, memory or SystemMemory(settings.env), settings.slot,
-                     renderer=JinjaTemplateRenderer(), hub=hub)
+    renderer = JinjaTemplateRenderer()
+
+    def make_slot(view: MemoryProbe) -> ModelSlot:
+        return ModelSlot(inspector, launcher, view, settings.slot, renderer=renderer, hub=hub)
+
+    return ModelRegistry(make_slot, memory or SystemMemory(settings.env), config,
+                         host_budget=settings.host_memory_bytes, host_cache_bytes=settings.slot.host_cache_mib << 20)
 
 
 def build_toolbox(tools: ToolSettings) -> ToolBox:
@@ -83,23 +91,32 @@ class ListenError(Exception):
 class App:
     server: grpc.aio.Server
     port: int
-    slot: ModelSlot
+    registry: ModelRegistry
     health: health.aio.HealthServicer
 
-    async def follow(self, info: ModelInfo) -> None:
-        """The model's readiness is this service name's health (for balancers)."""
-        await self.health.set(SERVICE_NAME, _SERVING if info.state is ModelState.READY else _NOT_SERVING)
+    async def follow(self, model: str, info: ModelInfo) -> None:
+        """Each model's readiness is its own health service name; the service's
+        name is SERVING while any model is ready (for balancers)."""
+        await self.health.set(model_health_name(model), _SERVING if info.state is ModelState.READY else _NOT_SERVING)
+        ready = any(self.registry.status(m).state is ModelState.READY for m in self.registry.loaded())
+        await self.health.set(SERVICE_NAME, _SERVING if ready else _NOT_SERVING)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """NOT_SERVING first, so balancers drain us; then the server; then the child."""
+        """NOT_SERVING first, so balancers drain us; then the server; then the children."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        await self.slot.close()
+        await self.registry.close()
 
 
-async def create_server(settings: Settings, slot: ModelSlot | None = None, toolbox: ToolBox | None = None) -> App:
+def model_health_name(model: str) -> str:
+    """The health service name of one model: ``llamagate.v1.LlamaGateService/ID``."""
+    return f"{SERVICE_NAME}/{model}"
+
+
+async def create_server(settings: Settings, registry: ModelRegistry | None = None,
+                        toolbox: ToolBox | None = None) -> App:
     """Start serving on ``settings.address`` (port 0 picks a free one); returns the App."""
-    slot = slot or build_slot(settings)
+    registry = registry or build_registry(settings)
     tools = toolbox if toolbox is not None else await asyncio.to_thread(build_toolbox, settings.tools)
     limit = settings.max_message_bytes
     server = grpc.aio.server(
@@ -107,8 +124,11 @@ async def create_server(settings: Settings, slot: ModelSlot | None = None, toolb
         options=[("grpc.max_receive_message_length", core_limit(limit))],
     )
     health_servicer = health.aio.HealthServicer()
-    agent = Agent(slot, tools, RustMarkupParser)
-    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot, agent), server)
+
+    def agent_for(slot: ModelSlot) -> Agent:
+        return Agent(slot, tools, RustMarkupParser)
+
+    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(registry, agent_for), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
     try:
@@ -116,8 +136,11 @@ async def create_server(settings: Settings, slot: ModelSlot | None = None, toolb
     except RuntimeError as error:  # grpc's way of saying the bind failed
         raise ListenError(f"cannot listen on {settings.address}: is another service using it?") from error
     await server.start()
-    app = App(server, port, slot, health_servicer)
+    app = App(server, port, registry, health_servicer)
     await health_servicer.set("", _SERVING)
-    await app.follow(slot.status())
-    slot.on_change(app.follow)
+    await health_servicer.set(SERVICE_NAME, _NOT_SERVING)
+    for model in registry.ids():
+        await app.follow(model, registry.status(model))
+    registry.on_change(app.follow)
+    registry.start_reaper()
     return app

@@ -57,6 +57,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--model", help="GGUF file or Hub REPO[:VARIANT] to load at start (default: the embedded"
                                        " SmolLM2)")
     serve.add_argument("--no-model", action="store_true", help="start with nothing loaded")
+    serve.add_argument("--config", metavar="FILE", help="a TOML file declaring the models (see"
+                                                      " docs/llamagate.example.toml)")
     serve.add_argument("--ctx", type=int, default=0, help="context length (0 = the model's native)")
     serve.add_argument("--parallel", type=int, default=1, help="parallel slots")
     serve.add_argument("--llama-cpp-dir", help="a llama.cpp install to take llama-server from")
@@ -66,6 +68,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="stream an answer from the running service")
     chat.add_argument("prompt")
+    chat.add_argument("--model", default="", help="the model's id (default: the only one loaded)")
     chat.add_argument("--address", default=address)
     chat.add_argument("--system", help="system message")
     chat.add_argument("--max-tokens", type=int)
@@ -79,14 +82,19 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     load = sub.add_parser("load", help="load a model into a running service, with progress")
     load.set_defaults(run=_client_command("load"))
-    load.add_argument("model", help="GGUF file (on the service's machine) or Hub REPO[:VARIANT]")
+    load.add_argument("model", nargs="?", default="", help="GGUF file (on the service's machine) or Hub"
+                                                             " REPO[:VARIANT]")
     load.add_argument("--revision", default="", help="Hub branch, tag or commit (default main)")
+    load.add_argument("--as", dest="name", default="", metavar="ID",
+                      help="the id to serve it as (default: the file's name); with no MODEL, a configured model")
     load.add_argument("--ctx", type=int, default=0, help="context length (0 = automatic, up to native)")
     load.add_argument("--parallel", type=int, default=1, help="parallel slots")
     load.add_argument("--address", default=address)
     load.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the service")
-    for name, help_text in (("status", "show what is loaded"), ("unload", "stop the loaded model")):
+    for name, help_text in (("status", "show every model, loaded or configured"), ("unload", "stop a model")):
         command = sub.add_parser(name, help=help_text)
+        if name == "unload":
+            command.add_argument("--model", default="", help="the model's id (default: the only one loaded)")
         command.add_argument("--address", default=address)
         command.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the service")
         command.set_defaults(run=_client_command(name))
@@ -149,42 +157,63 @@ async def _serve_async(settings: Settings, args) -> int:
 
 
 async def _run_service(settings: Settings, args) -> None:
-    from llamagate.domain.load_options import LoadOptions
-    from llamagate.domain.model_info import LoadPhase
-    from llamagate.server.app import build_slot, create_server, default_model
+    from llamagate.server.app import build_registry, create_server
 
-    slot = build_slot(settings)
-    loading = None
-    if not args.no_model:
-        source = model_source(args.model) if args.model else str(await default_model(settings))
-        loading = slot.load(source, LoadOptions(context_length=args.ctx, parallel=args.parallel))
-        # Once the file is checked the model is LOADING; listen only then, so
-        # an early client waits for it instead of seeing "no model loaded".
-        first = await anext(loading)
-        while first.phase is LoadPhase.RESOLVING:
-            first = await anext(loading)
+    config = await asyncio.to_thread(_read_config, args.config) if args.config else None
+    registry = build_registry(settings, config=config)
+    loads = [load async for load in _start_loads(registry, settings, args, config)]
     try:
-        app = await create_server(settings, slot)
+        app = await create_server(settings, registry)
     except BaseException:
-        if loading:
-            await loading.aclose()
+        for _, events, _ in loads:
+            await events.aclose()
         raise
     print(f"llamagate listening on {settings.address.rsplit(':', 1)[0]}:{app.port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    load_task = asyncio.create_task(_follow_load(first, loading)) if loading else None
+    tasks = [asyncio.create_task(_follow_load(first, events)) for _, events, first in loads]
     try:
-        if load_task:
-            await asyncio.wait({load_task, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
-            if load_task.done():  # a failed start-up load ends serve with its error
-                ready = load_task.result()
+        waiting = {asyncio.create_task(stop.wait()), *tasks}
+        while tasks and not stop.is_set():
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done & set(tasks):  # a failed start-up load ends serve with its error
+                ready = task.result()
                 print(f"model {ready.id} ready: context {ready.context_length}, pid {ready.pid}", flush=True)
+                tasks.remove(task)
         await stop.wait()
     finally:
-        if load_task:
-            load_task.cancel()
+        for task in tasks:
+            task.cancel()
         await app.stop()
+
+
+def _read_config(path: str):
+    from llamagate.adapters.config_file import read_service_config
+
+    return read_service_config(path)
+
+
+async def _start_loads(registry, settings: Settings, args, config):
+    """The loads serve starts with, each past its checks (RESOLVING): so the
+    service listens once its models are LOADING, and an early client waits
+    for them instead of seeing "no model loaded"."""
+    from llamagate.domain.load_options import LoadOptions
+    from llamagate.domain.model_info import LoadPhase
+    from llamagate.server.app import default_model
+
+    wanted: list[tuple[str, object, LoadOptions | None]] = []
+    if config is not None:
+        wanted += [(spec.id, None, None) for spec in config.models if spec.load_at_start]
+    if args.model or (config is None and not args.no_model):
+        source = model_source(args.model) if args.model else str(await default_model(settings))
+        wanted.append(("", source, LoadOptions(context_length=args.ctx, parallel=args.parallel)))
+    for name, source, options in wanted:
+        events = registry.load(name, source, options)
+        first = await anext(events)
+        while first.phase is LoadPhase.RESOLVING:
+            first = await anext(events)
+        yield name, events, first
 
 
 async def _follow_load(event, events):
@@ -238,7 +267,6 @@ def _model_default(args) -> int:
 def _plan(args) -> int:
     from llamagate.domain.errors import LlamagateError
     from llamagate.domain.load_options import KvCacheType, LoadOptions
-    from llamagate.server.app import build_slot
     from llamagate.server.plan_table import render_plan
 
     try:
@@ -246,12 +274,22 @@ def _plan(args) -> int:
                               cache_type=KvCacheType(args.cache_type), mmproj_path=args.mmproj)
         gpus = parse_gpus(args.gpus) if args.gpus else None
         source = model_source(args.model, revision=args.revision)
-        load_plan, hub = asyncio.run(build_slot(args.settings).plan(source, options, gpus))
+        load_plan, hub = asyncio.run(_plan_once(args.settings, source, options, gpus))
     except (LlamagateError, ValueError) as error:
         print(f"llamagate: {error}", file=sys.stderr)
         return 1
     print(render_plan(load_plan, hub))
     return 0
+
+
+async def _plan_once(settings: Settings, source, options, gpus):
+    from llamagate.server.app import build_registry
+
+    registry = build_registry(settings)
+    try:
+        return await registry.plan(source, options, gpus)
+    finally:
+        await registry.close()
 
 
 def model_source(text: str, *, revision: str = ""):

@@ -35,11 +35,11 @@ def _fail(error: grpc.RpcError | Unreachable) -> int:
     return 1
 
 
-def wait_until_ready(stub: pb_grpc.LlamaGateServiceStub, timeout: float) -> pb.ModelInfo:
+def wait_until_ready(stub: pb_grpc.LlamaGateServiceStub, timeout: float, model: str = "") -> pb.ModelInfo:
     """Wait while a model is LOADING (e.g. right after `serve` started)."""
     deadline = time.monotonic() + timeout
     while True:
-        info = stub.GetStatus(pb.GetStatusRequest(), timeout=10).model
+        info = stub.GetStatus(pb.GetStatusRequest(model=model), timeout=10).model
         if info.state != pb.MODEL_STATE_LOADING or time.monotonic() > deadline:
             return info
         time.sleep(0.25)
@@ -49,12 +49,12 @@ def chat(args) -> int:
     messages = [pb.Message(role=pb.ROLE_SYSTEM, text=args.system)] if args.system else []
     messages.append(pb.Message(role=pb.ROLE_USER, text=args.prompt))
     sampling = pb.Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
-    request = pb.GenerateRequest(messages=messages, sampling=sampling)
+    request = pb.GenerateRequest(messages=messages, sampling=sampling, model=args.model)
     if args.tool:
         request.server_tools.names.extend(args.tool)
     try:
         stub = _stub(args.address, args.connect_timeout)
-        wait_until_ready(stub, args.wait)
+        wait_until_ready(stub, args.wait, args.model)
         for event in stub.Generate(request):
             kind = event.WhichOneof("event")
             if kind == "reasoning_delta":
@@ -81,25 +81,39 @@ def chat(args) -> int:
 
 def status(args) -> int:
     try:
-        info = _stub(args.address, args.connect_timeout).GetStatus(pb.GetStatusRequest(), timeout=10).model
+        entries = _stub(args.address, args.connect_timeout).ListModels(pb.ListModelsRequest(), timeout=10).models
     except (grpc.RpcError, Unreachable) as error:
         return _fail(error)
+    if not entries:
+        print("no model loaded")
+    for entry in entries:
+        _print_entry(entry)
+    return 0
+
+
+def _print_entry(entry: pb.ModelEntry) -> None:
+    info = entry.info
     state = pb.ModelState.Name(info.state).removeprefix("MODEL_STATE_").lower()
+    mode = pb.ModelMode.Name(info.mode).removeprefix("MODEL_MODE_").lower()
+    flags = [f for f, on in (("configured", entry.configured), ("pinned", entry.pinned)) if on]
+    print(f"{info.id} ({info.architecture or mode}) {state}" + (f" [{', '.join(flags)}]" if flags else ""))
     if info.state == pb.MODEL_STATE_EMPTY:
-        print("no model loaded" + (f" ({info.last_error})" if info.last_error else ""))
-        return 0
+        return
     caps = [name for name in ("reasoning", "tools", "vision") if getattr(info.capabilities, name)]
-    print(f"{info.id} ({info.architecture}) {state}")
+    memory = ", ".join(f"{m.device} {m.bytes >> 20} MiB" for m in entry.memory) or "unknown"
     print(f"  path     {info.path}")
     print(f"  context  {info.context_length} of native {info.native_context_length}, {info.parallel} slot(s)")
-    print(f"  caps     {', '.join(caps) or 'plain chat'}")
+    print(f"  serves   {mode}" + (f": {', '.join(caps)}" if caps and mode == "chat" else ""))
+    print(f"  memory   {memory}; {entry.in_flight} request(s) in flight, idle {entry.idle_seconds:.0f} s")
+    if info.last_error:
+        print(f"  error    {info.last_error}")
     print(f"  pid      {info.pid}")
-    return 0
 
 
 def unload(args) -> int:
     try:
-        reply = _stub(args.address, args.connect_timeout).UnloadModel(pb.UnloadModelRequest(), timeout=30)
+        reply = _stub(args.address, args.connect_timeout).UnloadModel(pb.UnloadModelRequest(model=args.model),
+                                                                      timeout=30)
     except (grpc.RpcError, Unreachable) as error:
         return _fail(error)
     print(f"stopped llama-server pid {reply.pid}" if reply.was_loaded else "nothing was loaded")
@@ -112,14 +126,20 @@ def load(args) -> int:
     from llamagate.server.cli import model_source
 
     try:
-        source = model_source(args.model, revision=args.revision)
+        source = model_source(args.model, revision=args.revision) if args.model else None
     except LlamagateError as error:
         print(f"llamagate: {error}", file=sys.stderr)
         return 1
-    request = pb.LoadModelRequest(options=pb.LoadOptions(context_length=args.ctx, parallel=args.parallel))
+    if source is None and not args.name:
+        print("llamagate: load needs a MODEL (a file or REPO[:VARIANT]), or --as ID of a configured model",
+              file=sys.stderr)
+        return 1
+    request = pb.LoadModelRequest(model=args.name)
+    if source is not None:
+        request.options.CopyFrom(pb.LoadOptions(context_length=args.ctx, parallel=args.parallel))
     if isinstance(source, str):
         request.path = source
-    else:
+    elif source is not None:
         request.hub.CopyFrom(pb.HubSource(repo=source.repo, variant=source.variant, revision=source.revision))
     try:
         for event in _stub(args.address, args.connect_timeout).LoadModel(request):

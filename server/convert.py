@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from llamagate.application.registry import ModelEntry
 from llamagate.domain.capabilities import Capabilities, ReasoningStyle
+from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest
 from llamagate.domain.errors import InvalidArgument
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hub import HubSource
 from llamagate.domain.hub_load import DownloadProgress, HubModel
 from llamagate.domain.kv_cache import KvEstimate
-from llamagate.domain.load_options import KvCacheType, LoadOptions, Speculative
+from llamagate.domain.load_options import KvCacheType, LoadOptions, ModelMode, Pooling, Speculative
 from llamagate.domain.load_plan import LoadPlan
+from llamagate.domain.model_config import check_model_id
 from llamagate.domain.model_info import LoadEvent, LoadPhase, ModelInfo
 from llamagate.domain.model_state import ModelState
 from llamagate.v1 import llamagate_pb2 as pb
@@ -35,6 +38,20 @@ _SPECULATIVE = {
     pb.SPECULATIVE_TYPE_DEFAULT: Speculative.DEFAULT,
     pb.SPECULATIVE_TYPE_NGRAM_SIMPLE: Speculative.NGRAM_SIMPLE,
     pb.SPECULATIVE_TYPE_NGRAM_MOD: Speculative.NGRAM_MOD,
+}
+_MODE = {
+    pb.MODEL_MODE_UNSPECIFIED: ModelMode.CHAT,
+    pb.MODEL_MODE_CHAT: ModelMode.CHAT,
+    pb.MODEL_MODE_EMBEDDING: ModelMode.EMBEDDING,
+    pb.MODEL_MODE_RERANK: ModelMode.RERANK,
+}
+_MODE_TO_PB = {v: k for k, v in _MODE.items() if k != pb.MODEL_MODE_UNSPECIFIED}
+_POOLING = {
+    pb.POOLING_UNSPECIFIED: Pooling.DEFAULT,
+    pb.POOLING_NONE: Pooling.NONE,
+    pb.POOLING_MEAN: Pooling.MEAN,
+    pb.POOLING_CLS: Pooling.CLS,
+    pb.POOLING_LAST: Pooling.LAST,
 }
 _PHASE = {
     LoadPhase.RESOLVING: pb.LOAD_PHASE_RESOLVING,
@@ -66,17 +83,33 @@ def enum_value(table: dict, value: int, field: str):
         raise InvalidArgument(f"unknown value {value}", field=field) from None
 
 
-def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[str | HubSource, LoadOptions]:
-    source: str | HubSource
+def load_request(request: pb.LoadModelRequest) -> tuple[str | HubSource | None, LoadOptions, str]:
+    """The source (None: the configured model named), the options, the model id ("" = the file's)."""
+    if request.model:
+        try:
+            check_model_id(request.model)
+        except InvalidArgument as error:
+            raise InvalidArgument(error.description, field="model") from None
+    if request.WhichOneof("source") is None and request.model:
+        if request.HasField("options"):
+            raise InvalidArgument("a configured model loads with its configured options; give a source to"
+                                  " choose others", field="options")
+        return None, LoadOptions(), request.model
+    return model_source(request), load_options(request.options), request.model
+
+
+def model_source(request: pb.LoadModelRequest | pb.PlanModelRequest) -> str | HubSource:
     if request.WhichOneof("source") == "hub":
         h = request.hub
-        source = HubSource(repo=h.repo, variant=h.variant, revision=h.revision, token=h.token)
-    elif request.WhichOneof("source") == "path" and request.path:
-        source = request.path
-    else:
-        raise InvalidArgument("is required: the GGUF file to load, or `hub` (a Hugging Face Hub repo)", field="path")
-    o = request.options
-    return source, LoadOptions(
+        return HubSource(repo=h.repo, variant=h.variant, revision=h.revision, token=h.token)
+    if request.WhichOneof("source") == "path" and request.path:
+        return request.path
+    raise InvalidArgument("is required: the GGUF file to load, `hub` (a Hugging Face Hub repo), or the `model`"
+                          " id of a configured model", field="path")
+
+
+def load_options(o: pb.LoadOptions) -> LoadOptions:
+    return LoadOptions(
         context_length=o.context_length,
         parallel=o.parallel or 1,
         cache_type=enum_value(_CACHE, o.cache_type, "options.cache_type"),
@@ -85,11 +118,13 @@ def load_request(request: pb.LoadModelRequest | pb.PlanModelRequest) -> tuple[st
         speculative=enum_value(_SPECULATIVE, o.speculative, "options.speculative"),
         mmproj_path=o.mmproj_path,
         batch_size=o.batch_size,
+        mode=enum_value(_MODE, o.mode, "options.mode"),
+        pooling=enum_value(_POOLING, o.pooling, "options.pooling"),
     )
 
 
 def plan_request(request: pb.PlanModelRequest) -> tuple[str | HubSource, LoadOptions, list[GpuInfo] | None]:
-    path, options = load_request(request)
+    path, options = model_source(request), load_options(request.options)
     gpus = [GpuInfo(g.index, g.free_bytes) for g in request.gpus] or None
     if gpus and len({g.index for g in gpus}) != len(gpus):
         raise InvalidArgument("each simulated GPU index may appear once", field="gpus")
@@ -168,12 +203,26 @@ def download(progress: DownloadProgress) -> pb.DownloadProgress:
 
 
 def model_info(info: ModelInfo) -> pb.ModelInfo:
-    plain = {k: v for k, v in asdict(info).items() if k not in ("capabilities", "cache_type", "state")}
+    plain = {k: v for k, v in asdict(info).items() if k not in ("capabilities", "cache_type", "state", "mode")}
     return pb.ModelInfo(
         **plain,
         capabilities=_capabilities(info.capabilities),
         cache_type=_CACHE_TO_PB[info.cache_type],
         state=_STATE[info.state],
+        mode=_MODE_TO_PB[info.mode],
+    )
+
+
+def model_entry(entry: ModelEntry) -> pb.ModelEntry:
+    return pb.ModelEntry(
+        info=model_info(entry.info),
+        configured=entry.configured,
+        pinned=entry.pinned,
+        on_demand=entry.on_demand,
+        idle_ttl_seconds=entry.idle_ttl_s,
+        idle_seconds=entry.idle_for_s or 0.0,
+        memory=[pb.DeviceMemory(device=d, bytes=n) for d, n in sorted(entry.held.items())],
+        in_flight=entry.in_flight,
     )
 
 
@@ -186,3 +235,21 @@ def _capabilities(caps: Capabilities) -> pb.Capabilities:
         tools=caps.tools,
         vision=caps.vision,
     )
+
+
+def embed_request(request: pb.EmbedRequest) -> EmbedRequest:
+    return EmbedRequest(texts=tuple(request.texts), normalize=not request.raw)
+
+
+def embeddings(found: Embeddings) -> pb.EmbedResponse:
+    return pb.EmbedResponse(embeddings=[pb.Embedding(values=v) for v in found.vectors],
+                            prompt_tokens=found.prompt_tokens)
+
+
+def rerank_request(request: pb.RerankRequest) -> RerankRequest:
+    return RerankRequest(query=request.query, documents=tuple(request.documents), top_n=request.top_n)
+
+
+def ranking(found: Ranking) -> pb.RerankResponse:
+    return pb.RerankResponse(results=[pb.RerankResult(index=r.index, score=r.score) for r in found.results],
+                             prompt_tokens=found.prompt_tokens)

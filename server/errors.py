@@ -29,6 +29,7 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Aborted: grpc.StatusCode.ABORTED,  # the service ended it (unload, replacement): retry
     errors.Internal: grpc.StatusCode.INTERNAL,
+    errors.WrongMode: grpc.StatusCode.FAILED_PRECONDITION,  # the model serves another kind of request
 }
 
 _DETAILS_KEY = "grpc-status-details-bin"  # where google.rpc.Status travels (grpcio-status reads it)

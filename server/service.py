@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 
 from llamagate.application.agent import Agent
+from llamagate.application.registry import ModelRegistry
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.chat import Done
 from llamagate.domain.errors import LlamagateError
@@ -29,25 +30,36 @@ async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError, reque
 
 
 class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
-    def __init__(self, slot: ModelSlot, agent: Agent) -> None:
-        self._slot = slot
-        self._agent = agent  # Generate: the slot, through the agent loop when the request names server tools
+    def __init__(self, registry: ModelRegistry, agent_for: Callable[[ModelSlot], Agent]) -> None:
+        self._registry = registry
+        self._agent_for = agent_for  # Generate: the slot, through the agent loop when the request names server tools
 
     async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadModelResponse]:
         try:
-            source, options = convert.load_request(request)
-            async with contextlib.aclosing(self._slot.load(source, options)) as events:
+            source, options, name = convert.load_request(request)
+            async with contextlib.aclosing(self._registry.load(name, source, options)) as events:
                 async for event in events:
                     yield convert.load_event(event)
         except LlamagateError as error:
             await _abort(context, error)
 
     async def UnloadModel(self, request: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
-        result = await self._slot.unload()
-        return pb.UnloadModelResponse(was_loaded=result.was_loaded, pid=result.pid)
+        try:
+            _, pid, was_loaded = await self._registry.unload(request.model)
+            return pb.UnloadModelResponse(was_loaded=was_loaded, pid=pid)
+        except LlamagateError as error:
+            await _abort(context, error)
+            raise  # unreachable: abort raises
 
     async def GetStatus(self, request: pb.GetStatusRequest, context) -> pb.GetStatusResponse:
-        return pb.GetStatusResponse(model=convert.model_info(self._slot.status()))
+        try:
+            return pb.GetStatusResponse(model=convert.model_info(self._registry.status(request.model)))
+        except LlamagateError as error:
+            await _abort(context, error)
+            raise  # unreachable: abort raises
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[convert.model_entry(e) for e in self._registry.entries()])
 
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         request_id = ""
@@ -56,7 +68,8 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
             await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
             domain_request = convert_chat.generate_request(request)
             log.info("generate %s: %d messages, %d tools", request_id, len(request.messages), len(request.tools))
-            async with contextlib.aclosing(self._agent.generate(domain_request)) as events:
+            slot = await self._registry.slot_for(request.model)
+            async with contextlib.aclosing(self._agent_for(slot).generate(domain_request)) as events:
                 async for event in events:
                     if isinstance(event, Done):
                         log.info("generate %s: %s, %d tokens", request_id, event.finish_reason.value,
@@ -70,8 +83,25 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
 
     async def CountTokens(self, request: pb.CountTokensRequest, context) -> pb.CountTokensResponse:
         try:
-            tokens, slot_context = await self._slot.count_tokens(convert_chat.count_request(request))
+            slot = await self._registry.slot_for(request.model)
+            tokens, slot_context = await slot.count_tokens(convert_chat.count_request(request))
             return pb.CountTokensResponse(prompt_tokens=tokens, context_length=slot_context)
+        except LlamagateError as error:
+            await _abort(context, error)
+            raise  # unreachable: abort raises
+
+    async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
+        try:
+            slot = await self._registry.slot_for(request.model)
+            return convert.embeddings(await slot.embed(convert.embed_request(request)))
+        except LlamagateError as error:
+            await _abort(context, error)
+            raise  # unreachable: abort raises
+
+    async def Rerank(self, request: pb.RerankRequest, context) -> pb.RerankResponse:
+        try:
+            slot = await self._registry.slot_for(request.model)
+            return convert.ranking(await slot.rerank(convert.rerank_request(request)))
         except LlamagateError as error:
             await _abort(context, error)
             raise  # unreachable: abort raises
@@ -79,7 +109,7 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
     async def PlanModel(self, request: pb.PlanModelRequest, context) -> pb.PlanModelResponse:
         try:
             source, options, gpus = convert.plan_request(request)
-            load_plan, hub = await self._slot.plan(source, options, gpus)
+            load_plan, hub = await self._registry.plan(source, options, gpus, request.model)
             return pb.PlanModelResponse(plan=convert.plan(load_plan), hub=convert.hub_files(hub) if hub else None)
         except LlamagateError as error:
             await _abort(context, error)

@@ -17,6 +17,7 @@ import psutil
 from llamagate.application.slot import SlotSettings
 from llamagate.application.watchdog import Watchdog
 from llamagate.domain.errors import InvalidArgument
+from llamagate.domain.model_config import parse_size
 from llamagate.domain.restart_policy import RestartPolicy
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -30,6 +31,7 @@ class Settings:
     cache_dir: Path = field(default_factory=lambda: platformdirs.user_cache_path("llamagate"))  # LLAMAGATE_CACHE_DIR
     llama_cpp_dir: str = ""  # LLAMA_CPP_DIR: a llama.cpp install to take llama-server from
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_MB * MIB  # LLAMAGATE_MAX_MESSAGE_MB: largest request accepted
+    host_memory_bytes: int = 0  # LLAMAGATE_HOST_MEMORY (e.g. 12GiB): what the models share without GPUs; 0 = all
     # queue, restart policy, watchdog, cancel bound: LLAMAGATE_QUEUE_SIZE, LLAMAGATE_RESTART,
     # LLAMAGATE_RESTART_MAX, LLAMAGATE_RESTART_BACKOFF_MS, LLAMAGATE_WATCHDOG_MS, LLAMAGATE_CANCEL_WITHIN_MS
     slot: SlotSettings = field(default_factory=SlotSettings)
@@ -47,6 +49,7 @@ class Settings:
             cache_dir=Path(cache).expanduser() if cache else platformdirs.user_cache_path("llamagate"),
             llama_cpp_dir=env.get("LLAMA_CPP_DIR", ""),
             max_message_bytes=_megabytes(env, "LLAMAGATE_MAX_MESSAGE_MB", DEFAULT_MAX_MESSAGE_MB) * MIB,
+            host_memory_bytes=_size(env, "LLAMAGATE_HOST_MEMORY"),
             slot=slot_settings(env),
             tools=tool_settings(env),
             env=dict(env),
@@ -106,6 +109,7 @@ def slot_settings(env: Mapping[str, str]) -> SlotSettings:
         cancel_within_s=_whole(env, "LLAMAGATE_CANCEL_WITHIN_MS", int(default.cancel_within_s * 1000), 0,
                                600_000) / 1000,
         host_threads=_compute_threads(),
+        host_cache_mib=_whole(env, "LLAMAGATE_CACHE_RAM_MIB", default.host_cache_mib, 0, 1 << 20),
     )
 
 
@@ -122,6 +126,16 @@ def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int)
     if not raw.isdigit() or not low <= int(raw) <= high:
         raise ValueError(f"{name} must be a whole number between {low} and {high}, got {raw!r}")
     return int(raw)
+
+
+def _size(env: Mapping[str, str], name: str) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return 0
+    try:
+        return parse_size(int(raw) if raw.isdigit() else raw)
+    except InvalidArgument as error:
+        raise ValueError(f"{name}: {error.description}") from error
 
 
 def _megabytes(env: Mapping[str, str], name: str, default: int) -> int:

@@ -57,7 +57,8 @@ class RunningService:
     Tests talk to it through a real channel, exactly like a client would.
     """
 
-    def __init__(self, settings: Settings | None = None, memory: MemoryProbe | None = None, disk=None) -> None:
+    def __init__(self, settings: Settings | None = None, memory: MemoryProbe | None = None, disk=None,
+                 config=None) -> None:
         import asyncio
         import threading
 
@@ -65,14 +66,15 @@ class RunningService:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="llamagate-test-server", daemon=True)
         self._thread.start()
-        self.app = self.call(self._start(settings, memory, disk))
+        self.app = self.call(self._start(settings, memory, disk, config))
         self.address = f"127.0.0.1:{self.app.port}"
 
     @staticmethod
-    async def _start(settings: Settings, memory: MemoryProbe | None, disk):
-        from llamagate.server.app import build_slot, create_server
+    async def _start(settings: Settings, memory: MemoryProbe | None, disk, config):
+        from llamagate.server.app import build_registry, create_server
 
-        return await create_server(settings, build_slot(settings, memory, disk))  # the slot's tasks live on this loop
+        # the slots' tasks live on this loop
+        return await create_server(settings, build_registry(settings, memory, disk, config))
 
     def call(self, coroutine):
         import asyncio

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Tool, Usage
+from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest, rank
 from llamagate.domain.errors import ContextExceeded, EngineFailed, InvalidModel, ModelNotFound, TemplateError
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hyperparameters import Hyperparameters
@@ -103,6 +104,8 @@ class FakeChat:
         self.capabilities = ServerCapabilities()
         self.hold: asyncio.Event | None = None
         self.streaming = 0  # streams open now
+        self.embeds: list[EmbedRequest] = []
+        self.reranks: list[RerankRequest] = []
 
     async def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
         self.calls.append(call)
@@ -130,6 +133,35 @@ class FakeChat:
 
     async def server_capabilities(self) -> ServerCapabilities:
         return self.capabilities
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Eight numbers from each text's SHA-256 (equal texts, equal vectors);
+        ``hold`` makes it wait first. Tokens: one per word."""
+        self.embeds.append(request)
+        await self._answering()
+        vectors = tuple(_fake_vector(text, request.normalize) for text in request.texts)
+        return Embeddings(vectors, sum(len(text.split()) for text in request.texts))
+
+    async def rerank(self, request: RerankRequest) -> Ranking:
+        """Scores: the words a document shares with the query."""
+        self.reranks.append(request)
+        await self._answering()
+        query = set(request.query.lower().split())
+        scores = [float(len(query & set(d.lower().split()))) for d in request.documents]
+        tokens = sum(len(request.query.split()) + len(d.split()) for d in request.documents)
+        return Ranking(rank(scores)[: request.top_n or None], tokens)
+
+    async def _answering(self) -> None:
+        if self.hold is not None:
+            await self._engine.until_exit_or(self.hold)
+        if self._engine.exit is not None:
+            raise EngineFailed("lost connection to llama-server: the connection was reset")
+
+
+def _fake_vector(text: str, normalize: bool) -> tuple[float, ...]:
+    values = [(b - 127.5) / 127.5 for b in hashlib.sha256(text.encode()).digest()[:8]]
+    norm = sum(v * v for v in values) ** 0.5 if normalize else 1.0
+    return tuple(v / norm for v in values)
 
 
 class FakeEngine:

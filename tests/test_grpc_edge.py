@@ -90,6 +90,10 @@ class StandInSlot:
             raise self.error
         return 12, 2048
 
+    async def slot_for(self, model: str) -> StandInSlot:
+        """As the registry: every model is this one slot."""
+        return self
+
 
 T = TypeVar("T")
 
@@ -97,7 +101,7 @@ T = TypeVar("T")
 async def serving(slot: StandInSlot, talk: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
     server = grpc.aio.server()
     # the stand-in answers for the slot and for the agent (which hands plain requests to the slot)
-    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot, slot), server)  # type: ignore[arg-type]
+    pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(slot, lambda found: found), server)  # type: ignore[arg-type]
     add_reflection(server, (SERVICE, HEALTH))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -233,7 +237,7 @@ def test_reflection_v1alpha_serves_a_full_descriptor_database():
 
     async def main():
         server = grpc.aio.server()
-        servicer = LlamaGateService(StandInSlot(), StandInSlot())  # type: ignore[arg-type]
+        servicer = LlamaGateService(StandInSlot(), lambda found: found)  # type: ignore[arg-type]
         pb_grpc.add_LlamaGateServiceServicer_to_server(servicer, server)
         add_reflection(server, (SERVICE, HEALTH))
         port = server.add_insecure_port("127.0.0.1:0")

@@ -66,8 +66,9 @@ def running(hf_cache, llama_cpp_tree):
         service.close()
 
 
-def hub_load(stub, repo: str, variant: str = "", timeout: float = 300, **source) -> list[pb.LoadModelResponse]:
-    request = pb.LoadModelRequest(hub=pb.HubSource(repo=repo, variant=variant, **source))
+def hub_load(stub, repo: str, variant: str = "", timeout: float = 300, model: str = "",
+             **source) -> list[pb.LoadModelResponse]:
+    request = pb.LoadModelRequest(hub=pb.HubSource(repo=repo, variant=variant, **source), model=model)
     return list(stub.LoadModel(request, timeout=timeout))
 
 
@@ -257,9 +258,11 @@ def test_unload_stops_a_download_and_a_later_load_supersedes_one(running, hub, s
     assert held and wait_until(held[0].finished.is_set, timeout=10) and held[0].aborted
 
     hub.reset()
-    call = stub.LoadModel(pb.LoadModelRequest(hub=pb.HubSource(repo=VARIANTS_REPO, variant="Q8_0")), timeout=300)
+    # a later load of the same id supersedes the download
+    call = stub.LoadModel(pb.LoadModelRequest(hub=pb.HubSource(repo=VARIANTS_REPO, variant="Q8_0"), model="m"),
+                          timeout=300)
     _download_until(hub, call, SMOLLM2_Q8_0, 8 << 20)
-    local = list(stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path)), timeout=300))
+    local = list(stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path), model="m"), timeout=300))
     assert local[-1].model.state == pb.MODEL_STATE_READY
     assert assert_code(lambda: call, grpc.StatusCode.CANCELLED)
     held = [r for r in hub.body_requests(VARIANTS_REPO, SMOLLM2_Q8_0) if r.body_bytes >= 8 << 20]
@@ -271,7 +274,8 @@ def test_the_loaded_model_keeps_serving_while_its_replacement_downloads(running,
     list(stub.LoadModel(pb.LoadModelRequest(path=str(smollm2_path)), timeout=300))
     results: list[list[pb.LoadModelResponse]] = []
     hub.hold(SMOLLM2_Q4_1, 8 << 20)
-    loader = threading.Thread(target=lambda: results.append(hub_load(stub, SINGLE_REPO)))
+    replacing = "SmolLM2-135M-Instruct.Q4_1"  # the id the local file loaded as: the Hub model replaces it
+    loader = threading.Thread(target=lambda: results.append(hub_load(stub, SINGLE_REPO, model=replacing)))
     loader.start()
     assert wait_until(hub.held.is_set, timeout=60)
     status = stub.GetStatus(pb.GetStatusRequest()).model
