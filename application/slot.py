@@ -650,6 +650,7 @@ class ModelSlot:
         tokenizes it on its HTTP thread, beside any running decode."""
         info, engine = self.serving(), self._engine
         assert engine is not None  # serving() said so
+        _check_mode(info, ModelMode.CHAT)  # a conversation's tokens mean nothing to an embedding model
         validate(request, info.capabilities)
         tokens = await engine.chat.count_tokens(chat_call(request, info.capabilities, slot_context(info)))
         return tokens, slot_context(info)

@@ -360,7 +360,7 @@ def test_an_embedding_model_embeds_and_refuses_chat_and_rerank():
         assert engine.spec.mode is ModelMode.EMBEDDING and w.slot.status().mode is ModelMode.EMBEDDING
         assert embeddings.vectors[0] == embeddings.vectors[1] != embeddings.vectors[2]
         assert engine.chat.embeds == [TEXTS] and embeddings.prompt_tokens == 6
-        for refused in (error_of(w.ask()), error_of(w.slot.rerank(QUERY))):
+        for refused in (error_of(w.ask()), error_of(w.slot.rerank(QUERY)), error_of(w.slot.count_tokens(QUESTION))):
             error = await refused
             assert isinstance(error, WrongMode) and "embedding mode" in str(error)
         assert engine.chat.calls == [] and engine.chat.reranks == []

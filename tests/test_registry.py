@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from fakes import FakeInspector, FakeLauncher, FakeMemory, model_facts
+from stories import play
 from test_slot import error_of, until
 
 from llamagate.application.registry import ModelRegistry
@@ -58,15 +59,7 @@ class World:
 
 
 def run(story: Callable[[World], Awaitable[None]], **parts: object) -> None:
-    async def main() -> None:
-        world = World(**parts)  # type: ignore[arg-type]
-        try:
-            await asyncio.wait_for(story(world), timeout=10)
-        finally:
-            await world.registry.close()
-            assert world.launcher.alive() == []
-
-    asyncio.run(main())
+    play(World(**parts), story, lambda w: w.registry.close())  # type: ignore[arg-type]
 
 
 def test_two_models_are_resident_at_once_each_answered_by_its_own_child():

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from fakes import FakeDiskSpace, FakeHub, FakeInspector, FakeLauncher, FakeMemory, model_facts
+from stories import play
 from test_slot import error_of, until
 
 from llamagate.application.hub_models import HubModels
@@ -58,15 +59,7 @@ class World:
 
 
 def run(story: Callable[[World], Awaitable[None]], **parts: object) -> None:
-    async def main() -> None:
-        world = World(**parts)  # type: ignore[arg-type]
-        try:
-            await asyncio.wait_for(story(world), timeout=10)
-        finally:
-            await world.slot.close()
-            assert world.launcher.alive() == []
-
-    asyncio.run(main())
+    play(World(**parts), story, lambda w: w.slot.close())  # type: ignore[arg-type]
 
 
 def test_a_hub_model_is_planned_from_its_header_then_downloaded_then_started_from_the_cache():
