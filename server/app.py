@@ -118,11 +118,7 @@ async def create_server(settings: Settings, registry: ModelRegistry | None = Non
     """Start serving on ``settings.address`` (port 0 picks a free one); returns the App."""
     registry = registry or build_registry(settings)
     tools = toolbox if toolbox is not None else await asyncio.to_thread(build_toolbox, settings.tools)
-    limit = settings.max_message_bytes
-    server = grpc.aio.server(
-        interceptors=[MessageLimit(limit)],
-        options=[("grpc.max_receive_message_length", core_limit(limit))],
-    )
+    server = grpc.aio.server(interceptors=interceptors(settings), options=server_options(settings))
     health_servicer = health.aio.HealthServicer()
 
     def agent_for(slot: ModelSlot) -> Agent:
@@ -131,10 +127,7 @@ async def create_server(settings: Settings, registry: ModelRegistry | None = Non
     pb_grpc.add_LlamaGateServiceServicer_to_server(LlamaGateService(registry, agent_for), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name))
-    try:
-        port = server.add_insecure_port(settings.address)
-    except RuntimeError as error:  # grpc's way of saying the bind failed
-        raise ListenError(f"cannot listen on {settings.address}: is another service using it?") from error
+    port = bind(server, settings)
     await server.start()
     app = App(server, port, registry, health_servicer)
     await health_servicer.set("", _SERVING)
@@ -144,3 +137,21 @@ async def create_server(settings: Settings, registry: ModelRegistry | None = Non
     registry.on_change(app.follow)
     registry.start_reaper()
     return app
+
+
+def interceptors(settings: Settings) -> list[grpc.aio.ServerInterceptor]:
+    """Every RPC passes these, in order."""
+    return [MessageLimit(settings.max_message_bytes)]
+
+
+def server_options(settings: Settings) -> list[tuple[str, int | str]]:
+    """gRPC core's channel arguments for the server."""
+    return [("grpc.max_receive_message_length", core_limit(settings.max_message_bytes))]
+
+
+def bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """Listen on ``settings.address``; the port bound (0 picks a free one)."""
+    try:
+        return server.add_insecure_port(settings.address)
+    except RuntimeError as error:  # grpc's way of saying the bind failed
+        raise ListenError(f"cannot listen on {settings.address}: is another service using it?") from error
