@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import httpx2
@@ -49,6 +51,7 @@ from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
 from llamagate.adapters.hub_download import SHA256, Blob, body_start, fetch
 from llamagate.domain.errors import (
+    InsufficientResources,
     LlamagateError,
     ModelNotFound,
     NotCached,
@@ -133,8 +136,23 @@ class HfHub:
         url = hf_hub_url(listing.repo, file.path, revision=listing.commit, endpoint=self._endpoint)
         with hub_errors(self._endpoint, listing.repo, source.revision, file.path):
             meta = await asyncio.to_thread(get_hf_file_metadata, url, token=token, endpoint=self._endpoint)
-            await fetch(self._blob(listing, file, url, token, meta), progress, timeout=self._timeout)
+            blob = self._blob(listing, file, url, token, meta)
+            try:
+                await fetch(blob, progress, timeout=self._timeout)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                raise self._disk_full(blob) from error
             return await asyncio.to_thread(self._link, source, listing, file.path, token)
+
+    def _disk_full(self, blob: Blob) -> InsufficientResources:
+        """The disk filled up under a download (the preflight saw room, something else took it)."""
+        have = os.path.getsize(blob.partial) if os.path.exists(blob.partial) else 0
+        free = shutil.disk_usage(os.path.dirname(blob.partial)).free
+        return InsufficientResources(
+            f"the disk holding {self._cache_dir} filled up while downloading {blob.what} ({have >> 20} of "
+            f"{blob.size >> 20} MiB fetched, kept for the next load); free some space and load again",
+            reason="DISK_FULL", needed=blob.size - have, available=free, where=self._cache_dir)
 
     # -- helpers ----------------------------------------------------------------------
 

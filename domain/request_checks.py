@@ -23,10 +23,11 @@ from llamagate.domain.chat import (
     Role,
     Sampling,
     ServerTools,
+    TextPart,
     Tool,
     ToolChoiceMode,
 )
-from llamagate.domain.errors import EngineRejected, InvalidArgument, LlamagateError
+from llamagate.domain.errors import EngineRejected, InvalidArgument, LlamagateError, RequestTooLarge
 
 _IMAGE_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "image/png"),
@@ -255,3 +256,22 @@ def rejected_field(error: EngineRejected, request: GenerateRequest) -> Llamagate
     else:
         return error
     return InvalidArgument(str(error), field=field)
+
+
+def prompt_bytes(messages: tuple[ChatMessage, ...]) -> int:
+    """The UTF-8 bytes of a conversation's text: every text part, reasoning
+    and tool call (images are bounded by the message size limit instead)."""
+    total = 0
+    for message in messages:
+        total += sum(len(p.text.encode()) for p in message.parts if isinstance(p, TextPart))
+        total += len(message.reasoning.encode())
+        total += sum(len(c.name.encode()) + len(c.arguments.encode()) for c in message.tool_calls)
+    return total
+
+
+def check_prompt_size(messages: tuple[ChatMessage, ...], limit: int, setting: str) -> None:
+    """Raise RequestTooLarge when the conversation's text exceeds ``limit`` bytes (0: no limit)."""
+    size = prompt_bytes(messages)
+    if limit and size > limit:
+        raise RequestTooLarge(f"the conversation's text is {size:,} bytes, more than this service accepts"
+                              f" ({limit:,} bytes); send less or raise {setting}")

@@ -344,3 +344,34 @@ def test_a_gated_repo_loads_with_a_token_that_may_read_it(running, hub):
     planned = hub_plan(stub, GATED_REPO, token=ACCESS_TOKEN)
     assert planned.hub.variant == "Q4_1"
     assert all(r.authorization == f"Bearer {ACCESS_TOKEN}" for r in hub.requests_for(GATED_REPO) if r.route != "cdn")
+
+
+@pytest.fixture
+def small_disk(tmp_path, hf_cache, monkeypatch):
+    """The Hub cache on a 16 MiB tmpfs (mounting needs root: skipped without it)."""
+    import subprocess
+
+    import huggingface_hub.constants as hf_constants
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(mount / "hub"))
+    yield mount / "hub"
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_the_disk_filling_up_during_a_download_is_disk_full_and_the_service_goes_on(running, hub, small_disk):
+    _, stub = running(disk=Disk(free=10 << 30))  # the preflight sees room; the disk itself has 16 MiB
+    with pytest.raises(grpc.RpcError) as caught:
+        hub_load(stub, SINGLE_REPO)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info = error_details(caught.value)["ErrorInfo"]
+    assert info.reason == "DISK_FULL" and "filled up" in caught.value.details()
+    (partial,) = small_disk.rglob("*.incomplete")  # what fitted is kept, a prefix of the file
+    kept = partial.read_bytes()
+    assert 0 < len(kept) <= 16 << 20 and kept == content(hub, SINGLE_REPO, SMOLLM2_Q4_1, len(kept))
+    assert stub.GetStatus(pb.GetStatusRequest()).model.state == pb.MODEL_STATE_EMPTY
+    assert hub_plan(stub, SINGLE_REPO).hub.variant == "Q4_1"  # the service still answers
