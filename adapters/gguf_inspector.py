@@ -2,29 +2,63 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from llamagate.adapters.model_files import locate
 from llamagate.domain.errors import InvalidModel, ModelNotFound
 from llamagate.domain.hyperparameters import Hyperparameters
 from llamagate.domain.model_facts import ModelFacts, MoreBytes
+from llamagate.domain.model_roots import FileKind, ModelRoots, check_kind
 from llamagate.domain.shards import shard_names
 from llamagate.rust_ext import GGUFError, scan_bytes, scan_file
 
 
 class GgufInspector:
+    """Reads model headers, opening only files under ``roots``: every other
+    path is refused before it is opened (adapters/model_files, domain/model_roots).
+    ``roots`` None: any file this process can read, for local tools; the
+    service always passes its roots (server/app.build_registry)."""
+
+    def __init__(self, roots: ModelRoots | None = None) -> None:
+        self._roots = roots
+
     def inspect(self, path: str) -> ModelFacts:
-        file = Path(path)
-        if not file.is_file():
-            raise ModelNotFound(f"model file not found: {path}")
+        resolved, size = self._admit_shards(path)  # every shard admitted before any byte is read
         try:
-            header = scan_file(file)
+            header = scan_file(resolved)
         except GGUFError as error:
             raise InvalidModel(f"{path} is not a valid GGUF model: {error}") from error
-        except OSError as error:
-            raise InvalidModel(f"cannot read {path}: {error}") from error
-        return _facts(header, str(file.resolve()), _total_size(file))
+        except OSError as error:  # strerror only: the error's filename is the resolved target
+            raise InvalidModel(f"cannot read {path}: {error.strerror or 'read failed'}") from error
+        return _facts(header, resolved, size)
+
+    def _admit_shards(self, first: str) -> tuple[str, int]:
+        """The real path of ``first`` and the bytes of all its shards, each
+        admitted by the rule (stat only); every sibling must be present (SPEC
+        §2). Siblings are named beside the path given (a Hub snapshot's
+        symlinks), not beside its target (a blob named by its hash)."""
+        given = Path(first)
+        resolved = self._admit(first, *locate(first))
+        total = os.stat(resolved).st_size
+        for name in shard_names(given.name):
+            if name == given.name:
+                continue
+            shard = str(given.with_name(name))
+            place, kind = locate(shard)
+            if kind is FileKind.MISSING and (self._roots is None or self._roots.contains(place)):
+                raise ModelNotFound(f"shard {shard} of split model {given.name} is missing")
+            total += os.stat(self._admit(shard, place, kind)).st_size
+        return resolved, total
+
+    def _admit(self, path: str, resolved: str, kind: FileKind) -> str:
+        if self._roots is None:
+            check_kind(path, kind)
+        else:
+            self._roots.admit(path, resolved, kind)
+        return resolved
 
     def inspect_prefix(self, prefix: bytes, path: str, size_bytes: int) -> ModelFacts | MoreBytes:
         try:
@@ -60,14 +94,3 @@ def hyperparameters(model: dict[str, Any]) -> Hyperparameters:
 
 def _frozen(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
-
-
-def _total_size(first: Path) -> int:
-    """Bytes of all shards; every sibling must be present (SPEC §2)."""
-    total = 0
-    for name in shard_names(first.name):
-        shard = first.with_name(name)
-        if not shard.is_file():
-            raise ModelNotFound(f"shard {shard} of split model {first.name} is missing")
-        total += shard.stat().st_size
-    return total

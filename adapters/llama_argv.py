@@ -49,6 +49,7 @@ def server_arguments(spec: LaunchSpec, *, port: int, template_file: str | None) 
         "--cache-type-k", spec.cache_type.value,
         "--cache-type-v", spec.cache_type.value,
         "--slots",  # the watchdog's liveness probe; answered between and during decodes
+        "--metrics",  # its /metrics: re-exported, labelled by model, on the service's metrics endpoint
         # Compute threads sleep when idle rather than spin: the same tokens/s
         # (measured, bench/generate_overhead.py), and the cores stay free for
         # llamagate's own streaming instead of being fought over.

@@ -44,6 +44,7 @@ FIRST_BYTE_TIMEOUT = 120.0
 _CONNECT_TIMEOUT = 10.0
 _PROPS_TIMEOUT = 10.0
 _HEALTH_TIMEOUT = 2.0
+_METRICS_TIMEOUT = 2.0  # a scrape waits this long for a busy child, at most
 # llama-server (cpp-httplib) drops an idle connection after 5 s: let ours go
 # first, so a request never goes out on a connection being closed under it.
 _KEEPALIVE_EXPIRY = 3.0
@@ -176,6 +177,19 @@ class LlamaHttpClient:
             return (await self._client.get("/slots", timeout=timeout)).status_code == 200
         except httpx.HTTPError:
             return False
+
+    async def engine_metrics(self) -> str:
+        """``/metrics`` (started with ``--metrics``): Prometheus text. llama-server's
+        main loop answers it, between decodes too."""
+        try:
+            response = await self._client.get("/metrics", timeout=_METRICS_TIMEOUT)
+        except httpx.TimeoutException as error:
+            raise EngineTimedOut(f"llama-server sent no metrics within {_METRICS_TIMEOUT:g} s") from error
+        except httpx.TransportError as error:
+            raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
+        if response.status_code != 200:
+            raise engine_error(_json_or_text(response.content), status=response.status_code)
+        return response.text
 
     async def healthy(self) -> bool:
         """``/health`` answers 200 (the model is loaded); False while it cannot say."""

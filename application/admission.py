@@ -14,20 +14,24 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from llamagate.domain.admission import blend_duration, retry_after_s
 from llamagate.domain.errors import LlamagateError, Overloaded
 
+QueueListener = Callable[[int, int, int], None]  # (waiting, running, slots), after every change
+
 
 class Admission:
-    def __init__(self, slots: int, queue: int) -> None:
+    def __init__(self, slots: int, queue: int, on_change: QueueListener | None = None) -> None:
         self.slots = max(slots, 1)
         self.queue = max(queue, 0)
         self._free = self.slots
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self._mean_s = 0.0  # running mean of how long a slot is held
         self._closed: LlamagateError | None = None
+        self._on_change = on_change
+        self._changed()
 
     @property
     def running(self) -> int:
@@ -55,12 +59,14 @@ class Admission:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(type(error)(*error.args))
+        self._changed()
 
     async def _acquire(self) -> None:
         if self._closed is not None:
             raise type(self._closed)(*self._closed.args)
         if self._free > 0 and not self._waiting:
             self._free -= 1
+            self._changed()
             return
         if len(self._waiting) >= self.queue:
             hint = retry_after_s(self._mean_s, len(self._waiting), self.slots)
@@ -71,6 +77,7 @@ class Admission:
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
+        self._changed()
         try:
             await waiter
         except asyncio.CancelledError:
@@ -79,6 +86,7 @@ class Admission:
             else:
                 with contextlib.suppress(ValueError):
                     self._waiting.remove(waiter)
+                self._changed()
             raise
 
     def _release(self) -> None:
@@ -86,5 +94,11 @@ class Admission:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)  # the slot passes straight to the first waiter
+                self._changed()
                 return
         self._free += 1
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.waiting, self.running, self.slots)

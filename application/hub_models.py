@@ -24,7 +24,7 @@ from llamagate.domain.hub_load import (
 )
 from llamagate.domain.model_facts import ModelFacts
 from llamagate.domain.model_info import LoadEvent, LoadPhase
-from llamagate.domain.ports import DiskSpace, ModelHub, ModelInspector
+from llamagate.domain.ports import DiskSpace, ModelHub, ModelInspector, NoTelemetry, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,12 @@ class Fetched:
 
 
 class HubModels:
-    def __init__(self, hub: ModelHub, disk: DiskSpace, inspector: ModelInspector) -> None:
+    def __init__(self, hub: ModelHub, disk: DiskSpace, inspector: ModelInspector,
+                 telemetry: Telemetry | None = None) -> None:
         self._hub = hub
         self._disk = disk
         self._inspector = inspector
+        self._telemetry = telemetry or NoTelemetry()
 
     async def resolve(self, source: HubSource, *, for_load: bool) -> Resolved:
         """The files ``source`` means and the model's facts, from the Hub's
@@ -115,12 +117,17 @@ class HubModels:
         DOWNLOADING events; cancellation stops it at once, resumable."""
         files = resolved.model.selection.files
         meter = _Meter(resolved.model.bytes_total, len(files), emit)
+
+        def progress(n: int) -> None:
+            meter.add(n)
+            self._telemetry.downloaded(n)
+
         paths = []
         for index, file in enumerate(files, start=1):
             local = await asyncio.to_thread(self._hub.local_path, resolved.listing, file.path)
             if local is None:
                 meter.start(file.path, index)
-                local = await self._hub.download(resolved.source, resolved.listing, file, meter.add)
+                local = await self._hub.download(resolved.source, resolved.listing, file, progress)
                 meter.finish(from_cache=False)
             else:
                 meter.start(file.path, index)

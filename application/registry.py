@@ -101,6 +101,10 @@ class _RegistryMemory:
     def __init__(self, registry: ModelRegistry, owner: str) -> None:
         self._registry, self._owner = registry, owner
 
+    @property
+    def model(self) -> str:
+        return self._owner
+
     def gpus(self) -> list[GpuInfo]:
         return self._registry.free_gpus(exclude=self._owner)
 
@@ -420,6 +424,12 @@ class ModelRegistry:
 
     def _last_use(self, entry: _Entry) -> float:
         return max(entry.slot.last_used, entry.loaded_at)
+
+
+def model_of(view: MemoryProbe) -> str:
+    """The model id a slot factory is making its slot for ("" for the
+    registry's own planner): what that slot reports its telemetry under."""
+    return view.model if isinstance(view, _RegistryMemory) else ""
 
 
 def _id_of(prepared: Prepared) -> str:

@@ -17,6 +17,7 @@ have to (defect 18).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import threading
@@ -29,6 +30,7 @@ from llamagate.application.admission import Admission
 from llamagate.application.hub_models import HubModels, Resolved, describe, fetched_facts
 from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
+from llamagate.application.telemetry import GenerationClock
 from llamagate.application.watchdog import Watchdog
 from llamagate.domain.batching import decode_budget_s, learned_speed
 from llamagate.domain.capabilities import disagreements, merge_server_caps
@@ -63,6 +65,8 @@ from llamagate.domain.ports import (
     EngineProcess,
     MemoryProbe,
     ModelInspector,
+    NoTelemetry,
+    Telemetry,
     TemplateRenderer,
 )
 from llamagate.domain.request_checks import rejected_field, validate
@@ -124,8 +128,10 @@ class _Generation:
 class ModelSlot:
     def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe,
                  settings: SlotSettings | None = None, renderer: TemplateRenderer | None = None,
-                 hub: HubModels | None = None) -> None:
+                 hub: HubModels | None = None, telemetry: Telemetry | None = None, name: str = "") -> None:
         self._inspector = inspector
+        self._telemetry = telemetry or NoTelemetry()
+        self._name = name  # the id requests name it by, for telemetry ("": the loaded model's own)
         self._hub = hub  # None: Hub sources are refused
         self._renderer = renderer  # reads capabilities off the chat template before launch
         self._launcher = launcher
@@ -392,6 +398,7 @@ class ModelSlot:
                         launch: tuple[ModelInfo, LaunchSpec] | None = None) -> ModelInfo:
         """LOADING → READY: plan with the memory free now (or start ``launch``
         again, a restart), spawn, wait for health."""
+        started = asyncio.get_running_loop().time()
         if launch is None:
             self._transition(ModelState.LOADING, ModelInfo(id=prepared.model_id, path=prepared.facts.path))
             load_plan = await self._plan(prepared, None)
@@ -417,8 +424,10 @@ class ModelSlot:
         if differ := disagreements(self._info.capabilities, server_caps):  # e.g. a template read unlike llama.cpp
             log.warning("chat template of %s: %s; /props decides", self._info.id, "; ".join(differ))
         ready = replace(self._info, capabilities=merge_server_caps(self._info.capabilities, server_caps))
-        self._admission = Admission(spec.parallel, self._settings.queue_size)
+        self._admission = Admission(spec.parallel, self._settings.queue_size,
+                                    on_change=functools.partial(self._telemetry.queue, self._label))
         self._transition(ModelState.READY, ready, error=None if launch else "")
+        self._telemetry.load_finished(self._label, asyncio.get_running_loop().time() - started)
         self._restore_point, self._launched = prepared, (prepared, info, spec)
         self._ready_at = asyncio.get_running_loop().time()
         self._supervise(engine)
@@ -608,6 +617,7 @@ class ModelSlot:
         self._generations.add(generation)
         self._last_used = asyncio.get_running_loop().time()
         folder = StreamFolder(max_tokens=call.max_tokens)
+        clock = GenerationClock(self._telemetry, self._label, asyncio.get_running_loop().time)
         try:
             async with admission.slot():  # Overloaded when the queue is full; waits here otherwise
                 if generation.abort is not None:  # the model stopped while we waited
@@ -616,9 +626,12 @@ class ModelSlot:
                     async for chunk in engine.chat.stream_chat(call):
                         if generation.abort is not None:
                             raise generation.abort
-                        for event in folder.feed(chunk):
+                        events = folder.feed(chunk)
+                        clock.saw(events)
+                        for event in events:
                             yield event
                     alone = admission.running == 1  # others' tokens share the decodes: their speed is not ours
+                    clock.finished(folder.usage, folder.timings)
                 except EngineFailed as error:
                     raise await self._why_stream_broke(generation, error) from error
                 except EngineRejected as error:  # name the field, where the engine's words tell which
@@ -630,6 +643,15 @@ class ModelSlot:
         finally:
             self._generations.discard(generation)
             self._last_used = asyncio.get_running_loop().time()
+
+    @property
+    def _label(self) -> str:
+        return self._name or self._info.id
+
+    async def engine_metrics(self) -> str | None:
+        """The serving engine's own metrics (``ChatEngine.engine_metrics``); None when none serves."""
+        engine = self._engine if self._state is ModelState.READY else None
+        return None if engine is None else await engine.chat.engine_metrics()
 
     def _learn_prompt_speed(self, info: ModelInfo, folder: StreamFolder) -> None:
         """The next start of this model (a restart, a reload) sizes its batch from it."""

@@ -53,9 +53,16 @@ class InvalidModel(LlamagateError):
 
 
 class PermissionDenied(LlamagateError):
-    """Someone else's rules refuse the request: a gated repo, or a token the Hub refused."""
+    """Someone else's rules refuse the request: a gated repo, a token the Hub
+    refused, a model file outside the directories the service may load from."""
 
     reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(LlamagateError):
+    """The call came without a token the service accepts (missing, malformed or wrong: one answer for all)."""
+
+    reason = "UNAUTHENTICATED"
 
 
 class NotCached(LlamagateError):

@@ -18,6 +18,7 @@ from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hub import HubFile, HubListing, HubSource
 from llamagate.domain.launch import LaunchSpec
 from llamagate.domain.model_facts import ModelFacts, MoreBytes
+from llamagate.domain.model_state import ModelState
 from llamagate.domain.tools import ToolResult
 
 # What a chat template reads: messages, tools and its keyword arguments are
@@ -151,6 +152,12 @@ class ChatEngine(Protocol):
         context (or the engine's batch)."""
         ...
 
+    async def engine_metrics(self) -> str:
+        """The engine's own counters and gauges, as the text its metrics
+        endpoint serves (opaque here: the server re-exports it). Raises
+        EngineFailed (EngineTimedOut) when the engine does not answer."""
+        ...
+
 
 class EngineProcess(Protocol):
     """One running engine child."""
@@ -235,3 +242,55 @@ class ToolBox(Protocol):
         """The tools for one conversation (its own scratch space), all of its
         work stopped and its space removed when the context exits."""
         ...
+
+
+class Telemetry(Protocol):
+    """What the application tells operators about its work, as it happens
+    (the server exports it as metrics). Every call is cheap and never
+    raises; ``model`` is the id requests name it by."""
+
+    def first_token(self, model: str, seconds: float) -> None:
+        """A generation's first token came ``seconds`` after it was asked for (its queueing included)."""
+        ...
+
+    def generated(self, model: str, tokens: int, seconds: float) -> None:
+        """A generation ended, having decoded ``tokens`` in ``seconds``."""
+        ...
+
+    def queue(self, model: str, waiting: int, running: int, slots: int) -> None:
+        """The model's queue now: requests waiting, slots in use, slots in all."""
+        ...
+
+    def model_state(self, model: str, state: ModelState) -> None:
+        """The model is now in ``state``."""
+        ...
+
+    def load_finished(self, model: str, seconds: float) -> None:
+        """An engine for the model became ready ``seconds`` after its start was planned (restarts too)."""
+        ...
+
+    def downloaded(self, size: int) -> None:
+        """``size`` more bytes came from the Hub."""
+        ...
+
+
+class NoTelemetry:
+    """Telemetry that goes nowhere: the default where nobody listens."""
+
+    def first_token(self, model: str, seconds: float) -> None:
+        pass
+
+    def generated(self, model: str, tokens: int, seconds: float) -> None:
+        pass
+
+    def queue(self, model: str, waiting: int, running: int, slots: int) -> None:
+        pass
+
+    def model_state(self, model: str, state: ModelState) -> None:
+        pass
+
+    def load_finished(self, model: str, seconds: float) -> None:
+        pass
+
+    def downloaded(self, size: int) -> None:
+        pass

@@ -12,10 +12,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from llamagate.server.logs import configure_logging
+from llamagate.server.observability import LOG_FORMATS, metrics_address
 from llamagate.server.settings import MIB, Settings
 
 _EPILOG = ("Environment: LLAMAGATE_ADDRESS (default address), LLAMA_SERVER_PATH, LLAMA_CPP_DIR, "
-           "LLAMAGATE_CACHE_DIR, LLAMAGATE_MAX_MESSAGE_MB.")
+           "LLAMAGATE_CACHE_DIR, LLAMAGATE_MAX_MESSAGE_MB, LLAMAGATE_MODEL_ROOTS (where model files may be read), "
+           "LLAMAGATE_TOKEN (the token chat/load/status/unload send), LLAMAGATE_METRICS_ADDRESS, "
+           "LLAMAGATE_LOG_FORMAT, LLAMAGATE_TLS_CERT/_KEY/_CLIENT_CA (serve), LLAMAGATE_TLS_CA/_CLIENT_CERT/_CLIENT_KEY "
+           "(the commands), LLAMAGATE_SHUTDOWN_GRACE_S.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser(settings)
     args = parser.parse_args(argv)
     args.settings = _apply_options(settings, args)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    configure_logging(args.settings.observability.log_format, verbose=args.verbose)
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
@@ -43,6 +47,25 @@ def _apply_options(settings: Settings, args: argparse.Namespace) -> Settings:
         address=getattr(args, "listen", None) or settings.address,
         llama_cpp_dir=getattr(args, "llama_cpp_dir", None) or settings.llama_cpp_dir,
         max_message_bytes=megabytes * MIB if megabytes else settings.max_message_bytes,
+        network=_network_options(settings.network, args),
+        observability=replace(settings.observability,
+                              metrics=getattr(args, "metrics", None) or settings.observability.metrics,
+                              log_format=getattr(args, "log_format", None) or settings.observability.log_format),
+    )
+
+
+def _network_options(network, args: argparse.Namespace):
+    """serve's --tls-* name its own certificate; the client commands' name theirs."""
+    def pick(option: str, default: str) -> str:
+        return getattr(args, option, None) or default
+
+    server, client = network.server_tls, network.client_tls
+    return replace(
+        network,
+        server_tls=replace(server, cert=pick("serve_tls_cert", server.cert), key=pick("serve_tls_key", server.key),
+                           client_ca=pick("serve_tls_client_ca", server.client_ca)),
+        client_tls=replace(client, ca=pick("tls_ca", client.ca), cert=pick("tls_cert", client.cert),
+                           key=pick("tls_key", client.key), on=getattr(args, "tls", False) or client.on),
     )
 
 
@@ -53,7 +76,14 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     address = settings.address
 
     serve = sub.add_parser("serve", help="run the gRPC service")
-    serve.add_argument("--listen", default=address, help=f"host:port to listen on (default {address})")
+    serve.add_argument("--listen", default=address, help=f"HOST:PORT, [IPv6]:PORT or unix:PATH to listen on"
+                                                         f" (default {address})")
+    serve.add_argument("--tls-cert", dest="serve_tls_cert", metavar="PEM",
+                       help="serve TLS with this certificate chain (default: LLAMAGATE_TLS_CERT)")
+    serve.add_argument("--tls-key", dest="serve_tls_key", metavar="PEM",
+                       help="the certificate's private key (default: LLAMAGATE_TLS_KEY)")
+    serve.add_argument("--tls-client-ca", dest="serve_tls_client_ca", metavar="PEM",
+                       help="mutual TLS: clients need a certificate this CA signed (default: LLAMAGATE_TLS_CLIENT_CA)")
     serve.add_argument("--model", help="GGUF file or Hub REPO[:VARIANT] to load at start (default: the embedded"
                                        " SmolLM2)")
     serve.add_argument("--no-model", action="store_true", help="start with nothing loaded")
@@ -64,6 +94,12 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     serve.add_argument("--llama-cpp-dir", help="a llama.cpp install to take llama-server from")
     serve.add_argument("--max-message-mb", type=_megabytes, metavar="MIB",
                        help=f"largest request accepted, in MiB (default {settings.max_message_bytes // MIB})")
+    serve.add_argument("--metrics", type=_metrics_address, metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics (default: LLAMAGATE_METRICS_ADDRESS;"
+                            " none when unset)")
+    serve.add_argument("--log-format", choices=LOG_FORMATS,
+                       help="log lines as text, JSON objects, or auto: text on a terminal, JSON otherwise"
+                            f" (default: LLAMAGATE_LOG_FORMAT, else {settings.observability.log_format})")
     serve.set_defaults(run=_serve)
 
     chat = sub.add_parser("chat", help="stream an answer from the running service")
@@ -78,6 +114,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
                            " enabled with LLAMAGATE_TOOLS on the service); repeatable")
     chat.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a model still loading")
     chat.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the service")
+    _token_option(chat)
+    _tls_options(chat)
     chat.set_defaults(run=_client_command("chat"))
 
     load = sub.add_parser("load", help="load a model into a running service, with progress")
@@ -91,12 +129,16 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     load.add_argument("--parallel", type=int, default=1, help="parallel slots")
     load.add_argument("--address", default=address)
     load.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the service")
+    _token_option(load)
+    _tls_options(load)
     for name, help_text in (("status", "show every model, loaded or configured"), ("unload", "stop a model")):
         command = sub.add_parser(name, help=help_text)
         if name == "unload":
             command.add_argument("--model", default="", help="the model's id (default: the only one loaded)")
         command.add_argument("--address", default=address)
         command.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the service")
+        _token_option(command)
+        _tls_options(command)
         command.set_defaults(run=_client_command(name))
 
     engine = sub.add_parser("engine", help="the llama-server binary")
@@ -131,6 +173,36 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     return parser
 
 
+def _token_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--token-file", dest="token", type=_token_file, metavar="FILE",
+                         help="a file holding the token to send (default: LLAMAGATE_TOKEN)")
+
+
+def _token_file(path: str) -> str:
+    from llamagate.server.client import read_token_file
+
+    try:
+        return read_token_file(path)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _tls_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--tls", action="store_true", help="call over TLS (implied by the --tls-* options)")
+    command.add_argument("--tls-ca", metavar="PEM", help="trust the service's certificate if this CA signed it"
+                                                         " (default: LLAMAGATE_TLS_CA, else the system's CAs)")
+    command.add_argument("--tls-cert", metavar="PEM", help="a client certificate, for a service with mutual TLS"
+                                                           " (default: LLAMAGATE_TLS_CLIENT_CERT)")
+    command.add_argument("--tls-key", metavar="PEM", help="its private key (default: LLAMAGATE_TLS_CLIENT_KEY)")
+
+
+def _metrics_address(text: str):
+    try:
+        return metrics_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _megabytes(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 1024:
         raise argparse.ArgumentTypeError(f"a whole number of MiB between 1 and 1024, not {text!r}")
@@ -142,13 +214,23 @@ def _serve(args) -> int:
 
 
 async def _serve_async(settings: Settings, args) -> int:
+    from llamagate.server.listen import ListenError, prepare
+
+    try:
+        prepare(settings)  # a taken or bad address, a wrong TLS file: said before anything starts
+    except ListenError as error:
+        print(f"llamagate: {error}", file=sys.stderr)
+        return 2
     from llamagate.domain.errors import LlamagateError
-    from llamagate.server.app import ListenError, clean_stale_children
+    from llamagate.server.app import clean_stale_children
 
     await clean_stale_children(settings)
     try:
         await _run_service(settings, args)
-    except (LlamagateError, ListenError) as error:
+    except ListenError as error:  # taken between the check and the bind
+        print(f"llamagate: {error}", file=sys.stderr)
+        return 2
+    except LlamagateError as error:
         print(f"llamagate: {error}", file=sys.stderr)
         return 1
     finally:
@@ -158,8 +240,11 @@ async def _serve_async(settings: Settings, args) -> int:
 
 async def _run_service(settings: Settings, args) -> None:
     from llamagate.server.app import build_registry, create_server
+    from llamagate.server.listen import where
 
     config = await asyncio.to_thread(_read_config, args.config) if args.config else None
+    settings = replace(settings, model_roots=settings.model_roots.with_operator_files(_named_files(args, config)))
+    _log_model_roots(settings)
     registry = build_registry(settings, config=config)
     loads = [load async for load in _start_loads(registry, settings, args, config)]
     try:
@@ -168,10 +253,18 @@ async def _run_service(settings: Settings, args) -> None:
         for _, events, _ in loads:
             await events.aclose()
         raise
-    print(f"llamagate listening on {settings.address.rsplit(':', 1)[0]}:{app.port}", flush=True)
-    stop = asyncio.Event()
+    print(f"llamagate listening on {where(settings, app.port)}", flush=True)
+    if settings.observability.metrics is not None:
+        print(f"metrics at http://{settings.observability.metrics.with_port(app.metrics_port)}/metrics", flush=True)
+    stop, cut = asyncio.Event(), asyncio.Event()  # the first signal drains, a second cuts what is left
+
+    def on_signal() -> None:
+        if stop.is_set():
+            logging.getLogger("llamagate.serve").info("second signal: ending the requests in flight now")
+        (cut if stop.is_set() else stop).set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        asyncio.get_running_loop().add_signal_handler(sig, on_signal)
     tasks = [asyncio.create_task(_follow_load(first, events)) for _, events, first in loads]
     try:
         waiting = {asyncio.create_task(stop.wait()), *tasks}
@@ -185,13 +278,32 @@ async def _run_service(settings: Settings, args) -> None:
     finally:
         for task in tasks:
             task.cancel()
-        await app.stop()
+        grace = settings.network.shutdown_grace_s
+        logging.getLogger("llamagate.serve").info("stopping: requests in flight have %g s to finish", grace)
+        await app.stop(grace, cut)
 
 
 def _read_config(path: str):
     from llamagate.adapters.config_file import read_service_config
 
     return read_service_config(path)
+
+
+def _named_files(args, config) -> list[str]:
+    """The model files serve is started with (the default model is in a model root already)."""
+    source = model_source(args.model) if args.model else None
+    files = [source] if isinstance(source, str) else []
+    for spec in config.models if config is not None else ():
+        files += [path for path in (spec.source, spec.options.mmproj_path) if isinstance(path, str) and path]
+    return files
+
+
+def _log_model_roots(settings: Settings) -> None:
+    """The directories callers may load model files from: a refusal names only the setting."""
+    from llamagate.adapters.model_files import model_roots
+
+    roots = model_roots(settings.model_roots, settings.cache_dir).roots
+    logging.getLogger("llamagate.serve").info("model files may be loaded from: %s", ", ".join(roots))
 
 
 async def _start_loads(registry, settings: Settings, args, config):
@@ -233,7 +345,11 @@ def _client_command(name: str):
     def run(args) -> int:
         from llamagate.server import client
 
-        return getattr(client, name)(args)
+        try:
+            return getattr(client, name)(args)
+        except client.Misconfigured as error:  # a bad address or TLS file: exit 2, as serve does
+            print(f"llamagate: {error}", file=sys.stderr)
+            return 2
 
     return run
 
@@ -285,7 +401,8 @@ def _plan(args) -> int:
 async def _plan_once(settings: Settings, source, options, gpus):
     from llamagate.server.app import build_registry
 
-    registry = build_registry(settings)
+    files = [path for path in (source, options.mmproj_path) if isinstance(path, str) and path]
+    registry = build_registry(replace(settings, model_roots=settings.model_roots.with_operator_files(files)))
     try:
         return await registry.plan(source, options, gpus)
     finally:

@@ -4,27 +4,109 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import grpc
 
+from llamagate.server.network import ClientTls
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
 _DIM, _RESET = ("\033[2m", "\033[0m") if sys.stderr.isatty() else ("", "")
 
 
-def _stub(address: str, connect_timeout: float = 5.0) -> pb_grpc.LlamaGateServiceStub:
-    channel = grpc.insecure_channel(address)
+def _stub(address: str, connect_timeout: float = 5.0, token: str = "",
+          tls: ClientTls | None = None) -> pb_grpc.LlamaGateServiceStub:
+    tls = tls or ClientTls()
+    channel = _channel(address, tls)
     try:
         grpc.channel_ready_future(channel).result(timeout=connect_timeout)
     except grpc.FutureTimeoutError:
-        raise Unreachable(address) from None
-    return pb_grpc.LlamaGateServiceStub(channel)
+        raise Unreachable(address, tls.enabled) from None
+    return pb_grpc.LlamaGateServiceStub(grpc.intercept_channel(channel, BearerToken(token)) if token else channel)
+
+
+def _channel(address: str, tls: ClientTls) -> grpc.Channel:
+    """A channel to ``address`` (any form serve listens on), over TLS when asked; Misconfigured when either is wrong."""
+    from llamagate.server.address import parse_address
+    from llamagate.server.tls import TlsError, channel_credentials
+
+    try:
+        target = parse_address(address, listening=False).target
+    except ValueError as error:
+        raise Misconfigured(f"cannot call {error}") from None
+    try:
+        credentials = channel_credentials(tls) if tls.enabled else None
+    except TlsError as error:
+        raise Misconfigured(str(error)) from None
+    return grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+
+
+class Misconfigured(Exception):
+    """The address or a TLS file is wrong: the command exits 2."""
+
+
+def _tls(args) -> ClientTls:
+    """--tls-* over LLAMAGATE_TLS_CA / _CLIENT_CERT / _CLIENT_KEY (merged into the settings by the command line)."""
+    settings = getattr(args, "settings", None)
+    return settings.network.client_tls if settings else ClientTls()
+
+
+def _token(args) -> str:
+    """The token to send: --token-file's, else LLAMAGATE_TOKEN's, else none."""
+    settings = getattr(args, "settings", None)
+    return getattr(args, "token", None) or (settings.env.get("LLAMAGATE_TOKEN", "").strip() if settings else "")
+
+
+def read_token_file(path: str) -> str:
+    """A file's token: its first line that is neither blank nor a ``#`` comment."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {getattr(error, 'strerror', None) or error}") from None
+    token = next((line.strip() for line in lines if line.strip() and not line.strip().startswith("#")), "")
+    if not token:
+        raise ValueError(f"{path} holds no token")
+    return token
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Sends ``authorization: Bearer TOKEN`` with every call. Metadata, not
+    call credentials: grpc sends those only over a secure channel."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = (*(details.metadata or ()), *self._metadata)
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+                            details.compression)
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
 
 
 class Unreachable(Exception):
     def __str__(self) -> str:
-        return f"cannot reach the service at {self.args[0]} (is `llamagate serve` running?)"
+        address, tls = (*self.args, False)[:2]
+        if tls:
+            return (f"cannot reach the service at {address} over TLS (is `llamagate serve` running, with TLS, and"
+                    " with a certificate for this host that your CA signed?)")
+        return f"cannot reach the service at {address} (is `llamagate serve` running?)"
 
 
 def _fail(error: grpc.RpcError | Unreachable) -> int:
@@ -53,7 +135,7 @@ def chat(args) -> int:
     if args.tool:
         request.server_tools.names.extend(args.tool)
     try:
-        stub = _stub(args.address, args.connect_timeout)
+        stub = _stub(args.address, args.connect_timeout, _token(args), _tls(args))
         wait_until_ready(stub, args.wait, args.model)
         for event in stub.Generate(request):
             kind = event.WhichOneof("event")
@@ -81,7 +163,8 @@ def chat(args) -> int:
 
 def status(args) -> int:
     try:
-        entries = _stub(args.address, args.connect_timeout).ListModels(pb.ListModelsRequest(), timeout=10).models
+        stub = _stub(args.address, args.connect_timeout, _token(args), _tls(args))
+        entries = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
     except (grpc.RpcError, Unreachable) as error:
         return _fail(error)
     if not entries:
@@ -112,8 +195,8 @@ def _print_entry(entry: pb.ModelEntry) -> None:
 
 def unload(args) -> int:
     try:
-        reply = _stub(args.address, args.connect_timeout).UnloadModel(pb.UnloadModelRequest(model=args.model),
-                                                                      timeout=30)
+        stub = _stub(args.address, args.connect_timeout, _token(args), _tls(args))
+        reply = stub.UnloadModel(pb.UnloadModelRequest(model=args.model), timeout=30)
     except (grpc.RpcError, Unreachable) as error:
         return _fail(error)
     print(f"stopped llama-server pid {reply.pid}" if reply.was_loaded else "nothing was loaded")
@@ -142,7 +225,7 @@ def load(args) -> int:
     elif source is not None:
         request.hub.CopyFrom(pb.HubSource(repo=source.repo, variant=source.variant, revision=source.revision))
     try:
-        for event in _stub(args.address, args.connect_timeout).LoadModel(request):
+        for event in _stub(args.address, args.connect_timeout, _token(args), _tls(args)).LoadModel(request):
             phase = pb.LoadPhase.Name(event.phase).removeprefix("LOAD_PHASE_").lower()
             end = "\r" if event.phase == pb.LOAD_PHASE_DOWNLOADING and sys.stderr.isatty() else "\n"
             print(f"{_DIM}{phase}: {event.message}{_RESET}", end=end, file=sys.stderr, flush=True)

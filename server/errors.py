@@ -13,6 +13,7 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.InvalidModel: grpc.StatusCode.INVALID_ARGUMENT,
     errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.NotCached: grpc.StatusCode.FAILED_PRECONDITION,  # offline: fixable by going online or fetching it
     errors.SourceUnavailable: grpc.StatusCode.UNAVAILABLE,
     errors.InsufficientResources: grpc.StatusCode.RESOURCE_EXHAUSTED,  # disk or memory: the numbers are in ErrorInfo

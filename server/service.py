@@ -14,9 +14,12 @@ from llamagate.application.registry import ModelRegistry
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.chat import Done
 from llamagate.domain.errors import LlamagateError
+from llamagate.domain.request_checks import check_prompt_size
 from llamagate.server import convert, convert_chat
 from llamagate.server.errors import status_for, trailing_details
+from llamagate.server.logs import request_context, set_model
 from llamagate.server.request_id import REQUEST_ID_KEY, request_id_for
+from llamagate.server.stream_limits import PROMPT_SETTING
 from llamagate.v1 import llamagate_pb2 as pb
 from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
 
@@ -30,9 +33,11 @@ async def _abort(context: grpc.aio.ServicerContext, error: LlamagateError, reque
 
 
 class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
-    def __init__(self, registry: ModelRegistry, agent_for: Callable[[ModelSlot], Agent]) -> None:
+    def __init__(self, registry: ModelRegistry, agent_for: Callable[[ModelSlot], Agent],
+                 max_prompt_bytes: int = 0) -> None:
         self._registry = registry
         self._agent_for = agent_for  # Generate: the slot, through the agent loop when the request names server tools
+        self._max_prompt_bytes = max_prompt_bytes  # a conversation's text; 0: no bound but the message size
 
     async def LoadModel(self, request: pb.LoadModelRequest, context) -> AsyncIterator[pb.LoadModelResponse]:
         try:
@@ -63,28 +68,34 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         request_id = ""
-        try:
-            request_id = request_id_for(request.request_id, context.invocation_metadata())
-            await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
-            domain_request = convert_chat.generate_request(request)
-            log.info("generate %s: %d messages, %d tools", request_id, len(request.messages), len(request.tools))
-            slot = await self._registry.slot_for(request.model)
-            async with contextlib.aclosing(self._agent_for(slot).generate(domain_request)) as events:
-                async for event in events:
-                    if isinstance(event, Done):
-                        log.info("generate %s: %s, %d tokens", request_id, event.finish_reason.value,
-                                 event.usage.completion_tokens)
-                    yield convert_chat.generate_event(event, request_id)
-        except LlamagateError as error:
-            await _abort(context, error, request_id)
-        except asyncio.CancelledError:  # the caller cancelled, or its deadline passed: the work upstream stops
-            log.info("generate %s: ended by the caller (cancel or deadline)", request_id)
-            raise
+        with contextlib.ExitStack() as logging_context:  # every line logged meanwhile carries the request's id
+            try:
+                request_id = request_id_for(request.request_id, context.invocation_metadata())
+                logging_context.enter_context(request_context(request_id))
+                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+                domain_request = convert_chat.generate_request(request)
+                check_prompt_size(domain_request.messages, self._max_prompt_bytes, PROMPT_SETTING)
+                log.info("generate %s: %d messages, %d tools", request_id, len(request.messages), len(request.tools))
+                slot = await self._registry.slot_for(request.model)
+                set_model(self._registry.status(request.model).id)
+                async with contextlib.aclosing(self._agent_for(slot).generate(domain_request)) as events:
+                    async for event in events:
+                        if isinstance(event, Done):
+                            log.info("generate %s: %s, %d tokens", request_id, event.finish_reason.value,
+                                     event.usage.completion_tokens)
+                        yield convert_chat.generate_event(event, request_id)
+            except LlamagateError as error:
+                await _abort(context, error, request_id)
+            except asyncio.CancelledError:  # the caller cancelled, or its deadline passed: the work upstream stops
+                log.info("generate %s: ended by the caller (cancel or deadline)", request_id)
+                raise
 
     async def CountTokens(self, request: pb.CountTokensRequest, context) -> pb.CountTokensResponse:
         try:
+            counted = convert_chat.count_request(request)
+            check_prompt_size(counted.messages, self._max_prompt_bytes, PROMPT_SETTING)
             slot = await self._registry.slot_for(request.model)
-            tokens, slot_context = await slot.count_tokens(convert_chat.count_request(request))
+            tokens, slot_context = await slot.count_tokens(counted)
             return pb.CountTokensResponse(prompt_tokens=tokens, context_length=slot_context)
         except LlamagateError as error:
             await _abort(context, error)

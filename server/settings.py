@@ -14,11 +14,16 @@ from pathlib import Path
 import platformdirs
 import psutil
 
+from llamagate.adapters.model_files import ModelRootSettings
 from llamagate.application.slot import SlotSettings
 from llamagate.application.watchdog import Watchdog
 from llamagate.domain.errors import InvalidArgument
 from llamagate.domain.model_config import parse_size
 from llamagate.domain.restart_policy import RestartPolicy
+from llamagate.server.auth import AuthSettings
+from llamagate.server.network import NetworkSettings
+from llamagate.server.observability import ObservabilitySettings
+from llamagate.server.stream_limits import StreamLimitSettings
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_MB = 64  # an image of a few MiB must fit; gRPC's own default is 4 MiB
@@ -37,6 +42,13 @@ class Settings:
     slot: SlotSettings = field(default_factory=SlotSettings)
     # the tools Generate may run itself (server_tools): LLAMAGATE_TOOLS, LLAMAGATE_SEARXNG_URL, LLAMAGATE_FETCH_PRIVATE
     tools: ToolSettings = field(default_factory=lambda: ToolSettings())
+    auth: AuthSettings = field(default_factory=AuthSettings)  # LLAMAGATE_AUTH_TOKENS(_FILE), LLAMAGATE_AUTH_EXEMPT
+    network: NetworkSettings = field(default_factory=NetworkSettings)  # LLAMAGATE_TLS_*, LLAMAGATE_SHUTDOWN_GRACE_S
+    model_roots: ModelRootSettings = field(default_factory=ModelRootSettings)  # LLAMAGATE_MODEL_ROOTS
+    # the metrics endpoint and the log lines: LLAMAGATE_METRICS_ADDRESS, LLAMAGATE_LOG_FORMAT
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    # LLAMAGATE_MAX_STREAMS(_PER_CLIENT), LLAMAGATE_MAX_PROMPT_BYTES, LLAMAGATE_KEEPALIVE_S
+    limits: StreamLimitSettings = field(default_factory=StreamLimitSettings)
     # what children inherit, the GPU visibility masks, and LLAMA_SERVER_PATH / PATH for engine discovery
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -52,6 +64,11 @@ class Settings:
             host_memory_bytes=_size(env, "LLAMAGATE_HOST_MEMORY"),
             slot=slot_settings(env),
             tools=tool_settings(env),
+            auth=AuthSettings.from_env(env),
+            network=NetworkSettings.from_env(env),
+            model_roots=ModelRootSettings.from_env(env),
+            observability=ObservabilitySettings.from_env(env),
+            limits=limit_settings(env),
             env=dict(env),
         )
 
@@ -110,6 +127,17 @@ def slot_settings(env: Mapping[str, str]) -> SlotSettings:
                                600_000) / 1000,
         host_threads=_compute_threads(),
         host_cache_mib=_whole(env, "LLAMAGATE_CACHE_RAM_MIB", default.host_cache_mib, 0, 1 << 20),
+    )
+
+
+def limit_settings(env: Mapping[str, str]) -> StreamLimitSettings:
+    """Raises ValueError naming the variable when one is malformed."""
+    default = StreamLimitSettings()
+    return StreamLimitSettings(
+        total=_whole(env, "LLAMAGATE_MAX_STREAMS", default.total, 0, 1_000_000),
+        per_client=_whole(env, "LLAMAGATE_MAX_STREAMS_PER_CLIENT", default.per_client, 0, 1_000_000),
+        prompt_bytes=_whole(env, "LLAMAGATE_MAX_PROMPT_BYTES", default.prompt_bytes, 0, 1 << 31),
+        keepalive_s=_whole(env, "LLAMAGATE_KEEPALIVE_S", default.keepalive_s, 1, 86_400),
     )
 
 

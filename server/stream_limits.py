@@ -20,9 +20,11 @@ from typing import Any
 import grpc
 
 from llamagate.domain.errors import Overloaded
+from llamagate.server.auth import client_name
 from llamagate.server.errors import status_for, trailing_details
 
 SETTINGS = "LLAMAGATE_MAX_STREAMS / LLAMAGATE_MAX_STREAMS_PER_CLIENT"
+PROMPT_SETTING = "LLAMAGATE_MAX_PROMPT_BYTES"
 _RETRY_S = 1.0
 
 Identity = Callable[[grpc.aio.ServicerContext], str]
@@ -37,16 +39,35 @@ def peer_host(context: grpc.aio.ServicerContext) -> str:
     return peer
 
 
+def caller(context: grpc.aio.ServicerContext) -> str:
+    """The authenticated caller's name when auth is on, else its host."""
+    return client_name() or peer_host(context)
+
+
 @dataclass(frozen=True)
 class StreamLimitSettings:
     total: int = 256  # LLAMAGATE_MAX_STREAMS: 0 = unlimited
     per_client: int = 64  # LLAMAGATE_MAX_STREAMS_PER_CLIENT: 0 = unlimited
+    prompt_bytes: int = 8 << 20  # LLAMAGATE_MAX_PROMPT_BYTES: a conversation's text; 0 = unlimited
+    # Pings keep a long generation's connection alive through idle-killing
+    # middleboxes; clients may ping every 10 s, even with no call open.
+    keepalive_s: int = 60  # LLAMAGATE_KEEPALIVE_S
+
+    def server_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", self.keepalive_s * 1000),
+            ("grpc.keepalive_timeout_ms", 20_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+
 
 
 class StreamLimits(grpc.aio.ServerInterceptor):
     """Counts the server-streaming calls open now, in total and per client."""
 
-    def __init__(self, settings: StreamLimitSettings, identity: Identity = peer_host) -> None:
+    def __init__(self, settings: StreamLimitSettings, identity: Identity = caller) -> None:
         self._settings = settings
         self._identity = identity
         self._open: Counter[str] = Counter()

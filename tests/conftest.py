@@ -29,6 +29,25 @@ def _require(path: Path, how: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_roots_env(tmp_path_factory):
+    """The tests' model roots, as an operator would set them (LLAMAGATE_MODEL_ROOTS):
+    the tests' temporary files (synthetic GGUFs, test-llama-archs' output, Hub
+    caches), the llama.cpp tree's test GGUFs and the default model's
+    directory; the service adds its own caches. Set for the session, before
+    any service or ``llamagate serve`` child reads the environment."""
+    cache = Settings.from_env({k: v for k, v in os.environ.items() if k != "LLAMAGATE_MODEL_ROOTS"}).cache_dir
+    # the model cache too: a test that moves LLAMAGATE_CACHE_DIR still loads the default model from here
+    roots = [str(tmp_path_factory.getbasetemp()), str(paths.engine_source_dir(cache)), str(paths.models_dir(cache))]
+    before = os.environ.get("LLAMAGATE_MODEL_ROOTS")
+    os.environ["LLAMAGATE_MODEL_ROOTS"] = os.pathsep.join(roots)
+    yield roots
+    if before is None:
+        os.environ.pop("LLAMAGATE_MODEL_ROOTS", None)
+    else:
+        os.environ["LLAMAGATE_MODEL_ROOTS"] = before
+
+
 @pytest.fixture(scope="session")
 def service_settings() -> Settings:
     """The settings a `llamagate serve` started here would read."""

@@ -151,6 +151,12 @@ class FakeChat:
         tokens = sum(len(request.query.split()) + len(d.split()) for d in request.documents)
         return Ranking(rank(scores)[: request.top_n or None], tokens)
 
+    async def engine_metrics(self) -> str:
+        """One gauge, as llama-server spells it: the streams open now."""
+        if self._engine.exit is not None:
+            raise EngineFailed("lost connection to llama-server: connection refused")
+        return f"# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing {self.streaming}\n"
+
     async def _answering(self) -> None:
         if self.hold is not None:
             await self._engine.until_exit_or(self.hold)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from llamagate.domain import chat
 from llamagate.domain.errors import InvalidArgument, LlamagateError, NotReady
+from llamagate.domain.model_info import ModelInfo
 from llamagate.server.errors import ERROR_DOMAIN
 from llamagate.server.reflection import add_reflection
 from llamagate.server.request_id import REQUEST_ID_KEY, request_id_for
@@ -93,6 +94,10 @@ class StandInSlot:
     async def slot_for(self, model: str) -> StandInSlot:
         """As the registry: every model is this one slot."""
         return self
+
+    def status(self, model: str) -> ModelInfo:
+        """As the registry: the one model's info (its id names it in the logs)."""
+        return ModelInfo(id=model or "m")
 
 
 T = TypeVar("T")

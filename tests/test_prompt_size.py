@@ -25,3 +25,33 @@ def test_a_conversation_over_the_limit_is_refused_naming_the_setting():
     check_prompt_size(messages, 0, "LLAMAGATE_MAX_PROMPT_BYTES")  # 0: no limit
     with pytest.raises(RequestTooLarge, match="1,200 bytes.*1,199 bytes.*LLAMAGATE_MAX_PROMPT_BYTES"):
         check_prompt_size(messages, 1199, "LLAMAGATE_MAX_PROMPT_BYTES")
+
+
+def test_the_service_refuses_a_conversation_over_its_bound_before_any_model_is_asked(tmp_path):
+    import os
+    from dataclasses import replace
+
+    import grpc
+    from conftest import RunningService
+    from e2e import ask, error_details
+
+    from llamagate.server.settings import Settings
+    from llamagate.v1 import llamagate_pb2 as pb
+    from llamagate.v1 import llamagate_pb2_grpc as pb_grpc
+
+    settings = replace(Settings.from_env({**os.environ, "LLAMAGATE_MAX_PROMPT_BYTES": "100"}))
+    service = RunningService(settings)
+    try:
+        stub = pb_grpc.LlamaGateServiceStub(grpc.insecure_channel(service.address))
+        for call in (lambda: list(stub.Generate(ask("x" * 101), timeout=10)),
+                     lambda: stub.CountTokens(pb.CountTokensRequest(messages=ask("x" * 101).messages), timeout=10)):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "LLAMAGATE_MAX_PROMPT_BYTES" in caught.value.details()
+            assert error_details(caught.value)["ErrorInfo"].reason == "REQUEST_TOO_LARGE"
+        with pytest.raises(grpc.RpcError) as caught:  # within the bound: it reaches the (empty) service
+            list(stub.Generate(ask("x" * 100), timeout=10))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        service.close()

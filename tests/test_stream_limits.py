@@ -122,3 +122,14 @@ def test_the_peer_is_counted_by_host_not_by_connection():
     assert peer_host(Peer("ipv4:127.0.0.1:50123")) == peer_host(Peer("ipv4:127.0.0.1:50999")) == "ipv4:127.0.0.1"
     assert peer_host(Peer("ipv6:[::1]:50123")) == "ipv6:[::1]"
     assert peer_host(Peer("unix:/run/llamagate.sock")) == "unix:/run/llamagate.sock"
+
+
+def test_the_limits_come_from_the_environment_and_a_bad_value_names_its_variable():
+    from llamagate.server.settings import Settings
+
+    limits = Settings.from_env({"LLAMAGATE_MAX_STREAMS": "10", "LLAMAGATE_MAX_STREAMS_PER_CLIENT": "0",
+                                "LLAMAGATE_MAX_PROMPT_BYTES": "1000", "LLAMAGATE_KEEPALIVE_S": "30"}).limits
+    assert (limits.total, limits.per_client, limits.prompt_bytes, limits.keepalive_s) == (10, 0, 1000, 30)
+    assert ("grpc.keepalive_time_ms", 30_000) in limits.server_options()
+    with pytest.raises(ValueError, match="LLAMAGATE_MAX_STREAMS_PER_CLIENT"):
+        Settings.from_env({"LLAMAGATE_MAX_STREAMS_PER_CLIENT": "-1"})

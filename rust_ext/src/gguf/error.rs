@@ -20,8 +20,10 @@ pub enum Item {
 /// Why the data is not a GGUF header the scanner accepts.
 #[derive(Debug)]
 pub enum ErrorKind {
-    /// The data does not start with the magic bytes `GGUF`.
-    NotGguf { found: Vec<u8> },
+    /// The data does not start with the magic bytes `GGUF`. What it starts
+    /// with is not kept: the message reaches callers who named a file they
+    /// may not read (a service's model path), so it must carry none of its bytes.
+    NotGguf,
     /// The version is not 1, 2 or 3.
     UnsupportedVersion(u32),
     /// An item extends past the end of the data: `needed` bytes at least, `remaining` left.
@@ -146,11 +148,8 @@ impl fmt::Display for Item {
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ErrorKind::NotGguf { found } => {
-                write!(
-                    f,
-                    "not a GGUF file (starts with {found:02x?}, expected the magic \"GGUF\")"
-                )
+            ErrorKind::NotGguf => {
+                write!(f, "not a GGUF file (it does not start with the magic \"GGUF\")")
             }
             ErrorKind::UnsupportedVersion(v) => {
                 write!(f, "unsupported GGUF version {v} (supported: 1, 2, 3)")

@@ -136,7 +136,7 @@ pub fn scan<S: Source>(src: S, opts: &Options) -> Result<Header> {
     let have = r.size().min(4);
     let head = r.take(have, Item::Field("magic"))?.to_vec();
     if MAGIC.get(..head.len()) != Some(&head[..]) {
-        return Err(err(0, ErrorKind::NotGguf { found: head }));
+        return Err(err(0, ErrorKind::NotGguf));
     }
     // version + two counts of at least 4 bytes each follow the magic
     r.check(0, 4, Item::Field("magic"), 0)

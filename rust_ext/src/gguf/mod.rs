@@ -185,6 +185,20 @@ mod tests {
     }
 
     #[test]
+    fn a_file_that_is_not_gguf_is_refused_without_echoing_its_bytes() {
+        for data in [&b"root:x:0:0"[..], b"ro", b"GGUx"] {
+            let e = scan_bytes(data, &Options::default()).unwrap_err();
+            let message = e.to_string();
+            assert!(matches!(e.kind, ErrorKind::NotGguf), "{message}");
+            assert!(message.contains("does not start with the magic"), "{message}");
+            for byte in &data[..2] {
+                assert!(!message.contains(&format!("{byte:02x}")), "{message} shows {byte:02x}");
+            }
+            assert!(!message.contains("root"), "{message}");
+        }
+    }
+
+    #[test]
     fn every_prefix_asks_for_a_lower_bound_of_the_missing_bytes() {
         for (version, be) in [(1, false), (3, false), (3, true)] {
             let data = sample(version, be);
