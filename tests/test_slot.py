@@ -633,6 +633,7 @@ def test_a_crashed_child_is_restarted_with_the_same_launch_and_serves_again():
         first.crash("killed by SIGKILL")
         await until(lambda: w.slot.status().state is ModelState.READY and w.slot.status().restarts == 1)
         events = await w.ask()
+        await w.slot.announced()  # every change heard by the listeners
 
         changes = [s for i, s in enumerate(w.states_since(mark)) if i == 0 or s is not w.states_since(mark)[i - 1]]
         assert changes == [ModelState.FAILED, ModelState.LOADING, ModelState.READY]
