@@ -192,7 +192,9 @@ def test_64_clients_for_minutes_leave_the_service_flat_and_counted(smollm2_path)
         # the service decides refusals; a cancel or a client's deadline can race the stream's own end
         assert served("RESOURCE_EXHAUSTED") == tally.generate["RESOURCE_EXHAUSTED"]
         ended = ("OK", "CANCELLED", "DEADLINE_EXCEEDED")
-        assert served(*ended) == sum(tally.generate[c] for c in ended)
+        # a client's own short deadline may pass before the call reaches the service: never booked there
+        assert (tally.generate["OK"] + tally.generate["CANCELLED"] <= served(*ended)
+                <= sum(tally.generate[c] for c in ended))
         assert served("OK") >= tally.generate["OK"]
         assert metric_total(metrics, METRIC_TOKENS) >= tally.tokens  # it counts cancelled streams' tokens too
     finally:
