@@ -52,7 +52,7 @@ def chat_body(call: ChatCall) -> dict[str, object]:
         # so without these a cancel waits until the whole prompt is done.
         "return_progress": True,
         "max_tokens": call.max_tokens,
-        **_sampling_json(call.sampling),
+        **sampling_json(call.sampling),
         **_tools_json(call),
         **_format_json(call),
     }
@@ -73,7 +73,7 @@ def template_body(call: ChatCall) -> dict[str, object]:
     return body
 
 
-def _sampling_json(s: ResolvedSampling) -> dict[str, object]:
+def sampling_json(s: ResolvedSampling) -> dict[str, object]:
     out: dict[str, object] = {
         "temperature": s.temperature,
         "top_p": s.top_p,
@@ -176,7 +176,7 @@ def chunk_from_json(payload: Mapping[str, object], *, alternatives: int | None =
         content=json_str(delta.get("content")),
         finish_reason=finish_reason(choice.get("finish_reason")),
         usage=_usage(payload.get("usage")),
-        timings=_timings(payload.get("timings")),
+        timings=timings_json(payload.get("timings")),
         progress=_progress(payload.get("prompt_progress")),
         tool_calls=tuple(_fragment(json_dict(raw)) for raw in _list(delta.get("tool_calls"))),
         logprobs=_logprobs(choice.get("logprobs"), alternatives) if alternatives is not None else (),
@@ -230,7 +230,7 @@ def _progress(raw: object) -> PromptStep | None:
     return PromptStep(processed=_count(raw.get("processed")), elapsed_ms=_float(raw.get("time_ms")))
 
 
-def _timings(raw: object) -> Timings | None:
+def timings_json(raw: object) -> Timings | None:
     if not isinstance(raw, dict):
         return None
     return Timings(

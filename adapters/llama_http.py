@@ -9,12 +9,23 @@ errors. Only an error frame or a broken stream fails a stream.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Final
 
 import httpx
 
 from llamagate.adapters.llama_chat_wire import chat_body, chunk_from_json, json_dict, json_int, json_str, template_body
+from llamagate.adapters.llama_completion_wire import (
+    COMPLETION_PATH,
+    DETOKENIZE_PATH,
+    TOKENIZE_PATH,
+    completion_body,
+    detokenize_body,
+    text_from_json,
+    token_chunk,
+    tokenize_body,
+    tokens_from_json,
+)
 from llamagate.adapters.llama_embed_wire import (
     EMBEDDINGS_PATH,
     RERANK_PATH,
@@ -37,6 +48,7 @@ from llamagate.domain.errors import (
     EngineTimedOut,
     LlamagateError,
 )
+from llamagate.domain.speech import TokenCall, TokenChunk
 
 # Prompt processing can take long before the first byte; cancellation works
 # throughout (it closes the stream, and llama-server stops generating).
@@ -100,6 +112,56 @@ class LlamaHttpClient:
             raise EngineTimedOut(f"llama-server sent nothing for {self._read_timeout:g} s") from error
         except httpx.TransportError as error:
             raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
+
+    async def stream_tokens(self, call: TokenCall) -> AsyncGenerator[TokenChunk, None]:
+        try:
+            async with self._client.stream("POST", COMPLETION_PATH, json=completion_body(call),
+                                           headers=_STREAM_HEADERS) as response:
+                if response.status_code != 200:
+                    raise engine_error(_json_or_text(await response.aread()), status=response.status_code)
+                async for line in response.aiter_lines():
+                    event = parse_sse_line(line)
+                    if isinstance(event, dict) and "error" in event:
+                        raise engine_error(event, status=None)
+                    if isinstance(event, dict):
+                        chunk, last = token_chunk(event)
+                        yield chunk
+                        if last:
+                            return
+            raise EngineFailed("llama-server's stream ended early, before its last chunk: the reply is incomplete")
+        except httpx.ReadTimeout as error:
+            raise EngineTimedOut(f"llama-server sent nothing for {self._read_timeout:g} s") from error
+        except httpx.TransportError as error:
+            raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
+
+    async def tokenize(self, text: str) -> list[int]:
+        tokens = tokens_from_json(await self._tokenizer(TOKENIZE_PATH, tokenize_body(text)))
+        if tokens is None:
+            raise EngineFailed("llama-server answered /tokenize without tokens")
+        return tokens
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        text = text_from_json(await self._tokenizer(DETOKENIZE_PATH, detokenize_body(tokens)))
+        if text is None:
+            raise EngineFailed("llama-server answered /detokenize without content")
+        return text
+
+    async def _tokenizer(self, path: str, body: Mapping[str, object]) -> object:
+        """The tokenizer's answer. It answers on the HTTP thread, beside any
+        decode; an exception there (an id past the vocabulary) is a 500 of an
+        engine that is still up, so the input is what was wrong."""
+        try:
+            response = await self._client.post(path, json=body, timeout=_PROPS_TIMEOUT)
+        except httpx.TimeoutException as error:
+            raise EngineTimedOut(f"llama-server's tokenizer did not answer within {_PROPS_TIMEOUT:g} s") from error
+        except httpx.TransportError as error:
+            raise EngineFailed(f"lost connection to llama-server: {error!r}") from error
+        payload = _json_or_text(response.content)
+        if response.status_code == 500:
+            raise EngineRejected(f"llama-server's tokenizer refused it: {engine_error(payload, status=500)}")
+        if response.status_code != 200:
+            raise engine_error(payload, status=response.status_code)
+        return payload
 
     async def count_tokens(self, call: ChatCall) -> int:
         """The prompt tokens of ``call`` after the chat template, by

@@ -17,11 +17,12 @@ have to (defect 18).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
 import threading
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
 from typing import TypeVar
@@ -30,8 +31,10 @@ from llamagate.application.admission import Admission
 from llamagate.application.hub_models import HubModels, Resolved, describe, fetched_facts
 from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
+from llamagate.application.speech import Speaker, detect_codec, speak, speaker_for
 from llamagate.application.telemetry import GenerationClock
 from llamagate.application.watchdog import Watchdog
+from llamagate.domain.audio_codecs import AudioCodec
 from llamagate.domain.batching import decode_budget_s, learned_speed
 from llamagate.domain.capabilities import disagreements, merge_server_caps
 from llamagate.domain.chat import GenerateEvent, GenerateRequest
@@ -46,6 +49,7 @@ from llamagate.domain.errors import (
     LlamagateError,
     NoModelLoaded,
     NotReady,
+    NotSpeechModel,
     WrongMode,
 )
 from llamagate.domain.generation import StreamFolder, chat_call
@@ -61,6 +65,7 @@ from llamagate.domain.model_state import ModelState, check_transition
 from llamagate.domain.placement import footprint
 from llamagate.domain.ports import (
     ChatEngine,
+    DecoderLoader,
     EngineLauncher,
     EngineProcess,
     MemoryProbe,
@@ -72,6 +77,15 @@ from llamagate.domain.ports import (
 from llamagate.domain.request_checks import rejected_field, validate
 from llamagate.domain.restart_policy import RestartPolicy, failures_in_a_row, restart_delay
 from llamagate.domain.shards import model_id
+from llamagate.domain.speech import (
+    DEFAULT_DECODERS,
+    DecoderSource,
+    SpeechEvent,
+    SpeechRequest,
+    check_speech,
+    require_speech,
+    speech_call,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +107,8 @@ class SlotSettings:
     cancel_within_s: float = 1.0  # the bound the batch size is chosen for; 0: the engine's default batch
     host_threads: int = 1  # CPU threads llama-server computes with when a load does not say (its default: all)
     host_cache_mib: int = 256  # llama-server's host-side prompt cache per model (--cache-ram; its default: 8 GiB)
+    # each speech codec's decoder file (LLAMAGATE_SNAC_DECODER, LLAMAGATE_DAC_DECODER)
+    decoders: Mapping[AudioCodec, DecoderSource] = field(default_factory=lambda: dict(DEFAULT_DECODERS))
 
 
 ModelSource = str | HubSource  # a GGUF file on this machine, or a model on the Hub
@@ -128,8 +144,10 @@ class _Generation:
 class ModelSlot:
     def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe,
                  settings: SlotSettings | None = None, renderer: TemplateRenderer | None = None,
-                 hub: HubModels | None = None, telemetry: Telemetry | None = None, name: str = "") -> None:
+                 hub: HubModels | None = None, telemetry: Telemetry | None = None, name: str = "",
+                 decoders: DecoderLoader | None = None) -> None:
         self._inspector = inspector
+        self._decoders = decoders  # None: speech models are detected, but cannot speak
         self._telemetry = telemetry or NoTelemetry()
         self._name = name  # the id requests name it by, for telemetry ("": the loaded model's own)
         self._hub = hub  # None: Hub sources are refused
@@ -145,6 +163,8 @@ class ModelSlot:
         self._restore_point: Prepared | None = None  # the model last READY, unless unloaded since
         self._exit_watch: asyncio.Task[None] | None = None  # the READY engine's supervisor
         self._admission: Admission | None = None  # the READY engine's slots and queue
+        self._speaker: Speaker | None = None  # the READY engine's codec and decoder, for a speech model
+        self._speaker_problem = ""  # why a model with a codec cannot speak
         self._launched: tuple[Prepared, ModelInfo, LaunchSpec] | None = None  # what a restart starts again
         self._ready_at = 0.0
         self._failures = 0  # engine failures in a row (restart policy)
@@ -424,6 +444,8 @@ class ModelSlot:
         if differ := disagreements(self._info.capabilities, server_caps):  # e.g. a template read unlike llama.cpp
             log.warning("chat template of %s: %s; /props decides", self._info.id, "; ".join(differ))
         ready = replace(self._info, capabilities=merge_server_caps(self._info.capabilities, server_caps))
+        if ready.mode is ModelMode.CHAT:
+            ready = replace(ready, audio_codec=await self._learn_speech(engine.chat, prepared.facts, ready.id))
         self._admission = Admission(spec.parallel, self._settings.queue_size,
                                     on_change=functools.partial(self._telemetry.queue, self._label))
         self._transition(ModelState.READY, ready, error=None if launch else "")
@@ -435,6 +457,21 @@ class ModelSlot:
         total = prepared.facts.size_bytes
         emit(LoadEvent(LoadPhase.READY, f"{info.id} is ready", total, total, self.status()))
         return ready
+
+    async def _learn_speech(self, chat: ChatEngine, facts: ModelFacts, model: str) -> AudioCodec:
+        """The codec the model's tokens encode; a Speaker when it is one llamagate decodes."""
+        codec = await detect_codec(chat, facts.hyperparameters.vocab_size)
+        try:
+            self._speaker = await speaker_for(chat, codec, model, self._decoders, self._settings.decoders)
+        except NotSpeechModel as error:  # a marker matched, but the code tokens are not all there
+            log.warning("%s", error)
+            self._speaker_problem = str(error)
+        return codec
+
+    def _close_speaker(self) -> None:
+        speaker, self._speaker, self._speaker_problem = self._speaker, None, ""
+        if speaker is not None:
+            speaker.close()
 
     async def _await_health(self, engine: EngineProcess, total: int, emit: Callable[[LoadEvent], None]) -> None:
         """LOADING events, one per whole percent of the weights resident (SPEC §10)."""
@@ -500,6 +537,7 @@ class ModelSlot:
         await engine.stop()
         self._engine = None
         self._footprint = {}
+        self._close_speaker()
 
     # ------------------------------------------------------------------ failures and restarts
 
@@ -541,6 +579,7 @@ class ModelSlot:
             self._restart_pending = False
             if self._engine is engine:
                 self._engine = None
+                self._close_speaker()
         if delay is not None:
             self._schedule_restart(delay)
 
@@ -694,6 +733,14 @@ class ModelSlot:
     async def _queued(self, work: Callable[[ChatEngine], Awaitable[_T]]) -> _T:
         """``work`` on the engine in one of the admission's slots, ended with
         the slot's reason (Aborted, ...) when the model stops meanwhile."""
+        async with self._admitted() as (chat, _):
+            return await work(chat)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[tuple[ChatEngine, _Generation]]:
+        """The serving engine, in one of the admission's slots (Overloaded when
+        the queue is full); a broken stream inside is explained by
+        ``_why_stream_broke``. ``generation.abort`` is set when the slot ends it."""
         engine, admission = self._engine, self._admission
         assert engine is not None and admission is not None  # serving() said so
         generation = _Generation()
@@ -704,12 +751,36 @@ class ModelSlot:
                 if generation.abort is not None:  # the model stopped while we waited
                     raise generation.abort
                 try:
-                    return await work(engine.chat)
+                    yield engine.chat, generation
                 except EngineFailed as error:
                     raise await self._why_stream_broke(generation, error) from error
         finally:
             self._generations.discard(generation)
             self._last_used = asyncio.get_running_loop().time()
+
+    async def synthesize(self, request: SpeechRequest) -> AsyncGenerator[SpeechEvent, None]:
+        """Speech of a model whose tokens encode an audio codec llamagate
+        decodes: audio chunks as its frames come, then SpeechDone. Queued for
+        a slot as a generation is; NotSpeechModel for any other model,
+        DecoderUnavailable when its decoder cannot be loaded."""
+        info = self.serving()
+        _check_mode(info, ModelMode.CHAT)
+        require_speech(info.audio_codec, info.id)
+        speaker = self._speaker
+        if speaker is None:
+            raise NotSpeechModel(self._speaker_problem or f"model {info.id} cannot speak")
+        check_speech(request, info.audio_codec, slot_context(info))
+        decoder = await speaker.decoder()  # before queueing: a missing file is said at once
+        call = speech_call(request, info.audio_codec, slot_context(info))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with self._admitted() as (chat, generation):
+            async with contextlib.aclosing(speak(chat.stream_tokens(call), speaker, decoder,
+                                                 lambda: loop.time() - started)) as events:
+                async for event in events:
+                    if generation.abort is not None:
+                        raise generation.abort
+                    yield event
 
     async def _why_stream_broke(self, generation: _Generation, error: EngineFailed) -> LlamagateError:
         """A broken stream is often the first news of a stop or a crash: say which."""

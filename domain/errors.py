@@ -198,3 +198,18 @@ class WrongMode(LlamagateError):
     loaded for embeddings or reranking, or embeddings on a chat model."""
 
     reason = "WRONG_MODEL_MODE"
+
+
+class NotSpeechModel(LlamagateError):
+    """Synthesis asked of a model that emits no audio codec llamagate decodes
+    (a text model, a whisper-style audio-input model, CSM)."""
+
+    reason = "NOT_A_SPEECH_MODEL"
+
+
+class DecoderUnavailable(LlamagateError):
+    """The audio codec's decoder cannot run here: its file is not in the Hub
+    cache nor at the configured path, or the runtime (onnxruntime, the
+    ``llamagate[tts]`` extra) is missing. The message says what to fetch or install."""
+
+    reason = "DECODER_UNAVAILABLE"

@@ -94,8 +94,8 @@ def _tools_offered(request: GenerateRequest) -> tuple[tuple[Tool, ...], ToolChoi
     return request.tools, choice.mode
 
 
-def resolve_sampling(s: Sampling) -> ResolvedSampling:
-    d = DEFAULT_SAMPLING
+def resolve_sampling(s: Sampling, d: ResolvedSampling = DEFAULT_SAMPLING) -> ResolvedSampling:
+    """The request's samplers, ``d``'s where it left them unset."""
     return ResolvedSampling(
         temperature=d.temperature if s.temperature is None else s.temperature,
         top_p=d.top_p if s.top_p is None else s.top_p,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from llamagate.domain.audio_codecs import AudioCodec
 from llamagate.domain.capabilities import Capabilities
 from llamagate.domain.hub_load import DownloadProgress, HubModel
 from llamagate.domain.load_options import KvCacheType, ModelMode
@@ -29,6 +30,7 @@ class ModelInfo:
     last_error: str = ""  # FAILED: why; after a restart, why it was needed
     restarts: int = 0  # times the restart policy started the engine again since the load
     mode: ModelMode = ModelMode.CHAT  # what it serves: chat, embeddings or rerank scores
+    audio_codec: AudioCodec = AudioCodec.NONE  # the audio codec its tokens encode (known once READY)
 
 
 class LoadPhase(enum.Enum):

@@ -6,11 +6,12 @@ fake of each. Only domain types cross them: no URL, port, flag or raw dict.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
 
+from llamagate.domain.audio_codecs import CodecCodes, CodecShape
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, MarkupEvent, Tool
 from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest
@@ -19,6 +20,7 @@ from llamagate.domain.hub import HubFile, HubListing, HubSource
 from llamagate.domain.launch import LaunchSpec
 from llamagate.domain.model_facts import ModelFacts, MoreBytes
 from llamagate.domain.model_state import ModelState
+from llamagate.domain.speech import DecoderSource, TokenCall, TokenChunk
 from llamagate.domain.tools import ToolResult
 
 # What a chat template reads: messages, tools and its keyword arguments are
@@ -120,11 +122,31 @@ class EngineExit:
         return f"{self.how}; its last output:\n{self.last_output}" if self.last_output else self.how
 
 
-class ChatEngine(Protocol):
+class Tokenizer(Protocol):
+    """A loaded model's own tokenizer."""
+
+    async def tokenize(self, text: str) -> list[int]:
+        """The ids of ``text``, special-token markup read as those tokens, no
+        BOS added. Raises EngineFailed or EngineRejected."""
+        ...
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens``, special tokens written out. Raises
+        EngineFailed, or EngineRejected for an id the vocabulary lacks."""
+        ...
+
+
+class ChatEngine(Tokenizer, Protocol):
     """One running engine's API."""
 
     def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
         """Stream a completion. Raises EngineFailed (EngineTimedOut), EngineRejected or ContextExceeded."""
+        ...
+
+    def stream_tokens(self, call: TokenCall) -> AsyncGenerator[TokenChunk, None]:
+        """Stream a raw completion's token ids (no chat template); closing the
+        generator stops the engine's work. Raises
+        EngineFailed (EngineTimedOut), EngineRejected or ContextExceeded."""
         ...
 
     async def count_tokens(self, call: ChatCall) -> int:
@@ -156,6 +178,26 @@ class ChatEngine(Protocol):
         """The engine's own counters and gauges, as the text its metrics
         endpoint serves (opaque here: the server re-exports it). Raises
         EngineFailed (EngineTimedOut) when the engine does not answer."""
+        ...
+
+
+class CodecDecoder(Protocol):
+    """An audio codec's neural decoder, loaded."""
+
+    def decode(self, codes: CodecCodes) -> bytes:
+        """The samples of whole frames of codes: float32 little-endian mono,
+        ``frame_samples`` per frame (blocking, CPU-heavy; safe from several threads)."""
+        ...
+
+    def close(self) -> None:
+        """Free its memory; idempotent."""
+        ...
+
+
+class DecoderLoader(Protocol):
+    def open(self, shape: CodecShape, source: DecoderSource) -> CodecDecoder:
+        """Load the decoder for ``shape`` from ``source`` (blocking). Raises
+        DecoderUnavailable naming what to fetch or install."""
         ...
 
 

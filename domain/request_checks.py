@@ -63,7 +63,7 @@ def validate(request: GenerateRequest, caps: Capabilities, slot_context: int = 0
     check_messages(request.messages, caps)
     check_tools(request, caps if not tools_in_prompt else replace(caps, tools=True))
     _check_format(request)
-    _check_sampling(request.sampling, slot_context)
+    check_sampling(request.sampling, slot_context)
     effort = request.reasoning.reasoning_effort
     if effort not in (None, "low", "medium", "high"):
         raise InvalidArgument(f"must be low, medium or high, got {effort!r}", field="reasoning.reasoning_effort")
@@ -206,7 +206,7 @@ def _json_object(text: str, field: str) -> dict[str, object]:
     return value
 
 
-def _check_sampling(s: Sampling, slot_context: int) -> None:
+def check_sampling(s: Sampling, slot_context: int) -> None:
     _check_ranges(s, "sampling")
     _check_ranges(s.dry, "sampling.dry")
     breakers = s.dry.sequence_breakers

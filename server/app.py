@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from llamagate.adapters import paths
 from llamagate.adapters.child_process import kill_stale_children
+from llamagate.adapters.codec_decoders import OnnxDecoderLoader
 from llamagate.adapters.default_model import ensure_default_model
 from llamagate.adapters.disk_space import DiskSpace as LocalDiskSpace
 from llamagate.adapters.engine_discovery import find_llama_server
@@ -65,10 +66,11 @@ def build_registry(settings: Settings, memory: MemoryProbe | None = None, disk: 
     telemetry = metrics.telemetry if metrics else None
     hub = HubModels(HfHub(), disk or LocalDiskSpace(), inspector, telemetry)
     renderer = JinjaTemplateRenderer()
+    decoders = OnnxDecoderLoader()
 
     def make_slot(view: MemoryProbe) -> ModelSlot:
         return ModelSlot(inspector, launcher, view, settings.slot, renderer=renderer, hub=hub, telemetry=telemetry,
-                         name=model_of(view))
+                         name=model_of(view), decoders=decoders)
 
     models = ModelRegistry(make_slot, memory or SystemMemory(settings.env), config,
                            host_budget=settings.host_memory_bytes, host_cache_bytes=settings.slot.host_cache_mib << 20)

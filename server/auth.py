@@ -44,8 +44,8 @@ SERVICE = pb.DESCRIPTOR.services_by_name["LlamaGateService"].full_name
 # Every LlamaGate RPC's role (tests/test_auth.py checks the proto has no other); one missing here needs admin.
 METHOD_ROLES: Mapping[str, str] = {
     **{f"/{SERVICE}/{m}": ADMIN for m in ("LoadModel", "UnloadModel", "PlanModel")},
-    **{f"/{SERVICE}/{m}": INFERENCE for m in ("Generate", "CountTokens", "Embed", "Rerank", "GetStatus",
-                                                 "ListModels")},
+    **{f"/{SERVICE}/{m}": INFERENCE for m in ("Generate", "Synthesize", "CountTokens", "Embed", "Rerank",
+                                                 "GetStatus", "ListModels")},
 }
 DEFAULT_EXEMPT = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
                             "grpc.reflection.v1alpha.ServerReflection"})

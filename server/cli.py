@@ -118,6 +118,20 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     _tls_options(chat)
     chat.set_defaults(run=_client_command("chat"))
 
+    say = sub.add_parser("say", help="speak text with a speech model of the running service, into a WAV file")
+    say.add_argument("text")
+    say.add_argument("--out", default="speech.wav", help="the WAV file to write (- for standard output)")
+    say.add_argument("--model", default="", help="the model's id (default: the only one loaded)")
+    say.add_argument("--voice", default="", help="a speaker the model knows (Orpheus: tara, leo, ...)")
+    say.add_argument("--max-tokens", type=int)
+    say.add_argument("--temperature", type=float)
+    say.add_argument("--address", default=address)
+    say.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a model still loading")
+    say.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the service")
+    _token_option(say)
+    _tls_options(say)
+    say.set_defaults(run=_client_command("say"))
+
     load = sub.add_parser("load", help="load a model into a running service, with progress")
     load.set_defaults(run=_client_command("load"))
     load.add_argument("model", nargs="?", default="", help="GGUF file (on the service's machine) or Hub"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -158,6 +160,42 @@ def chat(args) -> int:
                 )
     except (grpc.RpcError, Unreachable) as error:
         return _fail(error)
+    return 0
+
+
+def say(args) -> int:
+    """Stream a Synthesize into a WAV file as the audio comes; the header's
+    sizes are set at the end (to standard output they stay "unknown")."""
+    sampling = pb.Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
+    request = pb.SynthesizeRequest(text=args.text, voice=args.voice, sampling=sampling, model=args.model,
+                                   encoding=pb.AUDIO_ENCODING_WAV)
+    to_stdout = args.out == "-"
+    try:
+        stub = _stub(args.address, args.connect_timeout, _token(args), _tls(args))
+        wait_until_ready(stub, args.wait, args.model)
+        with (open(sys.stdout.fileno(), "wb", closefd=False) if to_stdout else open(args.out, "wb")) as out:
+            for event in stub.Synthesize(request):
+                if event.WhichOneof("event") == "audio":
+                    out.write(event.audio.data)
+                    out.flush()
+                else:
+                    done = event.done
+                    if not to_stdout:
+                        out.seek(0)
+                        out.write(done.wav_header)
+                    print(f"{_DIM}[{done.audio_seconds:.2f} s of audio at {done.sample_rate} Hz;"
+                          f" {done.generated_tokens} tokens; first audio after {done.first_audio_seconds:.2f} s]"
+                          f"{_RESET}", file=sys.stderr)
+    except (grpc.RpcError, Unreachable) as error:
+        if not to_stdout:  # no half-written file that looks like an answer
+            with contextlib.suppress(OSError):
+                os.remove(args.out)
+        return _fail(error)
+    except OSError as error:
+        print(f"llamagate: cannot write {args.out}: {error.strerror}", file=sys.stderr)
+        return 1
+    if not to_stdout:
+        print(args.out)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from llamagate.application.registry import ModelEntry
+from llamagate.domain.audio_codecs import AudioCodec
 from llamagate.domain.capabilities import Capabilities, ReasoningStyle
 from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest
 from llamagate.domain.errors import InvalidArgument
@@ -17,6 +18,7 @@ from llamagate.domain.load_plan import LoadPlan
 from llamagate.domain.model_config import check_model_id
 from llamagate.domain.model_info import LoadEvent, LoadPhase, ModelInfo
 from llamagate.domain.model_state import ModelState
+from llamagate.domain.speech import describe as describe_codec
 from llamagate.v1 import llamagate_pb2 as pb
 
 _CACHE = {
@@ -203,14 +205,21 @@ def download(progress: DownloadProgress) -> pb.DownloadProgress:
 
 
 def model_info(info: ModelInfo) -> pb.ModelInfo:
-    plain = {k: v for k, v in asdict(info).items() if k not in ("capabilities", "cache_type", "state", "mode")}
+    plain = {k: v for k, v in asdict(info).items()
+             if k not in ("capabilities", "cache_type", "state", "mode", "audio_codec")}
+    ready = info.state is ModelState.READY  # the codec is probed once the model runs
     return pb.ModelInfo(
         **plain,
         capabilities=_capabilities(info.capabilities),
         cache_type=_CACHE_TO_PB[info.cache_type],
         state=_STATE[info.state],
         mode=_MODE_TO_PB[info.mode],
+        audio_codec=_CODEC_TO_PB[info.audio_codec] if ready else pb.AUDIO_CODEC_UNSPECIFIED,
+        audio=describe_codec(info.audio_codec) if ready else "",
     )
+
+
+_CODEC_TO_PB = {codec: getattr(pb, f"AUDIO_CODEC_{codec.name}") for codec in AudioCodec}
 
 
 def model_entry(entry: ModelEntry) -> pb.ModelEntry:

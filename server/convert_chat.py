@@ -22,7 +22,7 @@ _TOOL_MODE = {
     pb.TOOL_CHOICE_MODE_NONE: chat.ToolChoiceMode.NONE,
     pb.TOOL_CHOICE_MODE_REQUIRED: chat.ToolChoiceMode.REQUIRED,
 }
-_FINISH = {
+FINISH_TO_PB = {
     chat.FinishReason.STOP: pb.FINISH_REASON_STOP,
     chat.FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     chat.FinishReason.TOOL_CALLS: pb.FINISH_REASON_TOOL_CALLS,
@@ -33,7 +33,7 @@ _FINISH = {
 def generate_request(request: pb.GenerateRequest) -> chat.GenerateRequest:
     return chat.GenerateRequest(
         messages=messages(request.messages),
-        sampling=_sampling(request.sampling),
+        sampling=sampling(request.sampling),
         reasoning=_reasoning(request.reasoning),
         tools=tools(request.tools),
         tool_choice=_tool_choice(request.tool_choice),
@@ -103,7 +103,7 @@ def _response_format(f: pb.ResponseFormat) -> chat.ResponseFormat:
     return chat.ResponseFormat()
 
 
-def _sampling(s: pb.Sampling) -> chat.Sampling:
+def sampling(s: pb.Sampling) -> chat.Sampling:
     def opt(message, name: str):
         return getattr(message, name) if message.HasField(name) else None
 
@@ -155,7 +155,7 @@ def generate_event(event: chat.GenerateEvent, request_id: str) -> pb.GenerateRes
         finished = pb.ToolFinished(id=event.id, name=event.name, result=event.result, failed=event.failed)
         return pb.GenerateResponse(tool_finished=finished, request_id=request_id)
     done = pb.GenerateDone(
-        finish_reason=_FINISH[event.finish_reason],
+        finish_reason=FINISH_TO_PB[event.finish_reason],
         usage=pb.Usage(**asdict(event.usage)),  # same field names on both sides
         timings=pb.Timings(**asdict(event.timings)),
     )

@@ -31,6 +31,8 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.Aborted: grpc.StatusCode.ABORTED,  # the service ended it (unload, replacement): retry
     errors.Internal: grpc.StatusCode.INTERNAL,
     errors.WrongMode: grpc.StatusCode.FAILED_PRECONDITION,  # the model serves another kind of request
+    errors.NotSpeechModel: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DecoderUnavailable: grpc.StatusCode.FAILED_PRECONDITION,  # fetch the file or install the extra
 }
 
 _DETAILS_KEY = "grpc-status-details-bin"  # where google.rpc.Status travels (grpcio-status reads it)

@@ -15,7 +15,8 @@ from llamagate.application.slot import ModelSlot
 from llamagate.domain.chat import Done
 from llamagate.domain.errors import LlamagateError
 from llamagate.domain.request_checks import check_prompt_size
-from llamagate.server import convert, convert_chat
+from llamagate.domain.speech import AudioChunk
+from llamagate.server import convert, convert_chat, convert_speech
 from llamagate.server.errors import status_for, trailing_details
 from llamagate.server.logs import request_context, set_model
 from llamagate.server.request_id import REQUEST_ID_KEY, request_id_for
@@ -88,6 +89,32 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
                 await _abort(context, error, request_id)
             except asyncio.CancelledError:  # the caller cancelled, or its deadline passed: the work upstream stops
                 log.info("generate %s: ended by the caller (cancel or deadline)", request_id)
+                raise
+
+    async def Synthesize(self, request: pb.SynthesizeRequest, context) -> AsyncIterator[pb.SynthesizeResponse]:
+        request_id = ""
+        with contextlib.ExitStack() as logging_context:
+            try:
+                request_id = request_id_for(request.request_id, context.invocation_metadata())
+                logging_context.enter_context(request_context(request_id))
+                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+                speech = convert_speech.speech_request(request)
+                encoder = convert_speech.AudioEncoder(request.encoding)
+                slot = await self._registry.slot_for(request.model)
+                set_model(self._registry.status(request.model).id)
+                log.info("synthesize %s: %d characters", request_id, len(speech.text))
+                async with contextlib.aclosing(slot.synthesize(speech)) as events:
+                    async for event in events:
+                        if isinstance(event, AudioChunk):
+                            yield pb.SynthesizeResponse(audio=encoder.chunk(event), request_id=request_id)
+                        else:
+                            log.info("synthesize %s: %.2f s of audio, %d tokens", request_id, event.audio_s,
+                                     event.generated_tokens)
+                            yield pb.SynthesizeResponse(done=encoder.done(event), request_id=request_id)
+            except LlamagateError as error:
+                await _abort(context, error, request_id)
+            except asyncio.CancelledError:
+                log.info("synthesize %s: ended by the caller (cancel or deadline)", request_id)
                 raise
 
     async def CountTokens(self, request: pb.CountTokensRequest, context) -> pb.CountTokensResponse:

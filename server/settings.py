@@ -17,9 +17,11 @@ import psutil
 from llamagate.adapters.model_files import ModelRootSettings
 from llamagate.application.slot import SlotSettings
 from llamagate.application.watchdog import Watchdog
+from llamagate.domain.audio_codecs import SHAPES, AudioCodec
 from llamagate.domain.errors import InvalidArgument
 from llamagate.domain.model_config import parse_size
 from llamagate.domain.restart_policy import RestartPolicy
+from llamagate.domain.speech import DecoderSource, decoder_source
 from llamagate.server.auth import AuthSettings
 from llamagate.server.network import NetworkSettings
 from llamagate.server.observability import ObservabilitySettings
@@ -127,7 +129,18 @@ def slot_settings(env: Mapping[str, str]) -> SlotSettings:
                                600_000) / 1000,
         host_threads=_compute_threads(),
         host_cache_mib=_whole(env, "LLAMAGATE_CACHE_RAM_MIB", default.host_cache_mib, 0, 1 << 20),
+        decoders=_decoders(env, default.decoders),
     )
+
+
+def _decoders(env: Mapping[str, str], defaults: Mapping[AudioCodec, DecoderSource]) -> dict[AudioCodec, DecoderSource]:
+    """LLAMAGATE_SNAC_DECODER, LLAMAGATE_DAC_DECODER: an ONNX file, or OWNER/REPO:FILE in the Hub cache."""
+    sources = dict(defaults)
+    for codec in SHAPES:
+        name = f"LLAMAGATE_{codec.name}_DECODER"
+        if env.get(name, "").strip():
+            sources[codec] = decoder_source(env[name].strip())
+    return sources
 
 
 def limit_settings(env: Mapping[str, str]) -> StreamLimitSettings:

@@ -12,19 +12,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import re
+import threading
+from array import array
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from llamagate.domain.audio_codecs import CodecCodes, CodecShape
 from llamagate.domain.capabilities import ServerCapabilities
 from llamagate.domain.chat import ChatCall, ChatChunk, FinishReason, Timings, Tool, Usage
 from llamagate.domain.embeddings import Embeddings, EmbedRequest, Ranking, RerankRequest, rank
-from llamagate.domain.errors import ContextExceeded, EngineFailed, InvalidModel, ModelNotFound, TemplateError
+from llamagate.domain.errors import (
+    ContextExceeded,
+    DecoderUnavailable,
+    EngineFailed,
+    EngineRejected,
+    InvalidModel,
+    ModelNotFound,
+    TemplateError,
+)
 from llamagate.domain.gpus import GpuInfo
 from llamagate.domain.hyperparameters import Hyperparameters
 from llamagate.domain.launch import LaunchSpec
 from llamagate.domain.model_facts import ModelFacts, MoreBytes
 from llamagate.domain.ports import (
     ChatEngine,
+    CodecDecoder,
+    DecoderLoader,
     EngineExit,
     EngineLauncher,
     EngineProcess,
@@ -35,6 +49,7 @@ from llamagate.domain.ports import (
     TemplateValue,
     ToolBox,
 )
+from llamagate.domain.speech import DecoderSource, TokenCall, TokenChunk
 from llamagate.domain.tools import ToolResult
 
 GIB = 1 << 30
@@ -106,6 +121,9 @@ class FakeChat:
         self.streaming = 0  # streams open now
         self.embeds: list[EmbedRequest] = []
         self.reranks: list[RerankRequest] = []
+        self.vocabulary = FakeVocabulary()  # a text model's, unless a test gives a speech model's
+        self.token_script: list[TokenChunk] = [TokenChunk((1, 2)), TokenChunk(finish_reason=FinishReason.STOP)]
+        self.token_calls: list[TokenCall] = []
 
     async def stream_chat(self, call: ChatCall) -> AsyncIterator[ChatChunk]:
         self.calls.append(call)
@@ -123,6 +141,28 @@ class FakeChat:
                 yield chunk
         finally:
             self.streaming -= 1
+
+    async def stream_tokens(self, call: TokenCall) -> AsyncGenerator[TokenChunk, None]:
+        """``token_script``'s chunks; ``hold`` pauses after the first, as for chat."""
+        self.token_calls.append(call)
+        self.streaming += 1
+        try:
+            for i, chunk in enumerate(self.token_script):
+                if i == 1 and self.hold is not None:
+                    await self._engine.until_exit_or(self.hold)
+                if self._engine.exit is not None:
+                    raise EngineFailed("lost connection to llama-server: the connection was reset")
+                yield chunk
+        finally:
+            self.streaming -= 1
+
+    async def tokenize(self, text: str) -> list[int]:
+        await self._answering()
+        return self.vocabulary.tokenize(text)
+
+    async def detokenize(self, tokens: Sequence[int]) -> str:
+        await self._answering()
+        return self.vocabulary.detokenize(tokens)
 
     async def count_tokens(self, call: ChatCall) -> int:
         """A stand-in template: 3 tokens around each message, one per word."""
@@ -162,6 +202,89 @@ class FakeChat:
             await self._engine.until_exit_or(self.hold)
         if self._engine.exit is not None:
             raise EngineFailed("lost connection to llama-server: the connection was reset")
+
+
+@dataclass
+class FakeVocabulary:
+    """A tokenizer: ``specials`` are one token each; so is ``<custom_token_N>``
+    (id ``custom_base + N``) when ``custom_base`` is set; any other
+    character is one token (its code point, past the specials). Ids past
+    ``size`` are refused as llama-server refuses them (a 500)."""
+
+    specials: Mapping[str, int] = field(default_factory=dict)
+    custom_base: int | None = None
+    size: int = 49152
+
+    def tokenize(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for special, plain in re.findall(r"(<[^<>]+>)|(.)", text, flags=re.S):
+            if special in self.specials:
+                ids.append(self.specials[special])
+            elif (custom := re.fullmatch(r"<custom_token_(\d+)>", special)) and self.custom_base is not None:
+                ids.append(self.custom_base + int(custom.group(1)))
+            else:
+                ids.extend(ord(c) % 1000 for c in (special or plain))
+        return ids
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        if any(not 0 <= t < self.size for t in tokens):
+            raise EngineRejected("llama-server's tokenizer refused it: invalid token id")
+        names = {v: k for k, v in self.specials.items()}
+        out = []
+        for t in tokens:
+            if t in names:
+                out.append(names[t])
+            elif self.custom_base is not None and t >= self.custom_base:
+                out.append(f"<custom_token_{t - self.custom_base}>")
+            else:
+                out.append(chr(t))
+        return "".join(out)
+
+
+def snac_vocabulary() -> FakeVocabulary:
+    """Orpheus': Llama 3's 128,256 tokens, then <custom_token_N>."""
+    return FakeVocabulary(specials={"<|eot_id|>": 128009}, custom_base=128256, size=128256 + 10 + 7 * 4096)
+
+
+def dac_vocabulary() -> FakeVocabulary:
+    """OuteTTS 1.0's: <|c1_N|> and <|c2_N|> from 151,000 on."""
+    codes = {f"<|c{book + 1}_{n}|>": 151_000 + book * 1024 + n for book in range(2) for n in range(1024)}
+    return FakeVocabulary(specials={**codes, "<|im_end|>": 150_000, "<|audio_end|>": 150_001}, size=160_000)
+
+
+class FakeDecoder:
+    """A decoder whose every sample of a frame is that frame's first code
+    / codebook size: chunks can be checked against the codes sent.
+    ``hold`` makes decode wait (it runs in a thread) until set."""
+
+    def __init__(self, shape: CodecShape) -> None:
+        self.shape = shape
+        self.calls: list[CodecCodes] = []
+        self.closed = False
+        self.hold: threading.Event | None = None
+
+    def decode(self, codes: CodecCodes) -> bytes:
+        self.calls.append(codes)
+        if self.hold is not None:
+            self.hold.wait(10)
+        values = array("f", (code / self.shape.codebook_size for code in codes[0] for _ in range(self.shape.frame_samples)))
+        return values.tobytes()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeDecoderLoader:
+    """Opens FakeDecoders; a source whose path is ``missing`` is not there."""
+
+    def __init__(self) -> None:
+        self.opened: list[FakeDecoder] = []
+
+    def open(self, shape: CodecShape, source: DecoderSource) -> FakeDecoder:
+        if source.path == "missing":
+            raise DecoderUnavailable(f"the {shape.codec.value} decoder missing is not a file")
+        self.opened.append(FakeDecoder(shape))
+        return self.opened[-1]
 
 
 def _fake_vector(text: str, normalize: bool) -> tuple[float, ...]:
@@ -258,6 +381,7 @@ class FakeLauncher:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     next_pid: int = 4000
     server_caps: ServerCapabilities = field(default_factory=ServerCapabilities)  # what new engines' /props say
+    vocabulary: FakeVocabulary | None = None  # new engines' tokenizer (None: a text model's)
 
     def check(self) -> None:
         self.checks += 1
@@ -274,6 +398,8 @@ class FakeLauncher:
         engine = FakeEngine(self.next_pid, spec, ready=self.ready if self.hold_ready else None, reject=reject,
                             stop_gate=self.stop_gate)
         engine.chat.capabilities = self.server_caps
+        if self.vocabulary is not None:
+            engine.chat.vocabulary = self.vocabulary
         self.engines.append(engine)
         return engine
 
@@ -348,10 +474,12 @@ class FakeToolBox:
 
 
 def _conforms(inspector: FakeInspector, memory: FakeMemory, launcher: FakeLauncher, engine: FakeEngine,
-              renderer: FakeRenderer, tool: FakeTool, toolbox: FakeToolBox) -> None:
+              renderer: FakeRenderer, tool: FakeTool, toolbox: FakeToolBox, decoders: FakeDecoderLoader,
+              decoder: FakeDecoder) -> None:
     """Never called: the type checker proves each fake satisfies its port."""
     ports: tuple[ModelInspector, MemoryProbe, EngineLauncher, EngineProcess, ChatEngine, TemplateRenderer,
-                 ServerTool, ToolBox] = (inspector, memory, launcher, engine, engine.chat, renderer, tool, toolbox)
+                 ServerTool, ToolBox, DecoderLoader, CodecDecoder] = (
+        inspector, memory, launcher, engine, engine.chat, renderer, tool, toolbox, decoders, decoder)
     del ports
 
 

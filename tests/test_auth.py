@@ -50,6 +50,7 @@ THROUGH = {
     "CountTokens": grpc.StatusCode.FAILED_PRECONDITION,
     "Embed": grpc.StatusCode.FAILED_PRECONDITION,
     "Rerank": grpc.StatusCode.FAILED_PRECONDITION,
+    "Synthesize": grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
