@@ -125,6 +125,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     say.add_argument("--voice", default="", help="a speaker the model knows (Orpheus: tara, leo, ...)")
     say.add_argument("--max-tokens", type=int)
     say.add_argument("--temperature", type=float)
+    say.add_argument("--grammar", metavar="FILE", help="a GBNF grammar over the model's tokens (token references"
+                                                        " such as <[128266]>) constraining what it may emit")
     say.add_argument("--address", default=address)
     say.add_argument("--wait", type=float, default=600.0, help="seconds to wait for a model still loading")
     say.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the service")

@@ -171,6 +171,12 @@ def say(args) -> int:
                                    encoding=pb.AUDIO_ENCODING_WAV)
     to_stdout = args.out == "-"
     try:
+        if args.grammar:
+            request.grammar = Path(args.grammar).read_text()
+    except OSError as error:
+        print(f"llamagate: cannot read {args.grammar}: {error.strerror}", file=sys.stderr)
+        return 2
+    try:
         stub = _stub(args.address, args.connect_timeout, _token(args), _tls(args))
         wait_until_ready(stub, args.wait, args.model)
         with (open(sys.stdout.fileno(), "wb", closefd=False) if to_stdout else open(args.out, "wb")) as out:

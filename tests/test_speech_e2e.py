@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 import wave
 from array import array
 
@@ -46,15 +48,21 @@ def _service(**env: str) -> RunningService:
 
 
 @pytest.fixture(scope="module")
-def stub(decoders, llama_cpp_tree, speech_models):  # noqa: F811
-    service = _service(LLAMAGATE_SNAC_DECODER=str(decoders[AudioCodec.SNAC]),
+def service(decoders, llama_cpp_tree, speech_models):  # noqa: F811
+    running = _service(LLAMAGATE_SNAC_DECODER=str(decoders[AudioCodec.SNAC]),
                        LLAMAGATE_DAC_DECODER=str(decoders[AudioCodec.DAC]))
-    with grpc.insecure_channel(service.address) as channel:
+    with grpc.insecure_channel(running.address) as channel:
         stub = pb_grpc.LlamaGateServiceStub(channel)
         for codec in ("snac", "dac", "csm", "whisper"):
             load_as(stub, speech_models(codec), codec)
-        yield stub
-    service.close()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def stub(service):
+    with grpc.insecure_channel(service.address) as channel:
+        yield pb_grpc.LlamaGateServiceStub(channel)
 
 
 def load_as(stub, path, name: str) -> pb.ModelInfo:
@@ -195,3 +203,30 @@ def test_a_missing_decoder_is_a_failed_precondition_naming_what_to_fetch(speech_
                 assert error_details(caught.value)["ErrorInfo"].reason == "DECODER_UNAVAILABLE"
     finally:
         service.close()
+
+
+def llamagate(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamagate.server.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_llamagate_say_writes_a_wav_file_with_exact_sizes_and_leaves_none_on_error(service, tmp_path):
+    frames = frames_of(SNAC_24KHZ, 5, seed=5)
+    grammar = tmp_path / "orpheus.gbnf"
+    grammar.write_text(exact(tokens_of(SNAC_VOCAB, frames)))
+    out = tmp_path / "hello.wav"
+
+    said = llamagate("say", "Hello there.", "--model", "snac", "--voice", "tara", "--grammar", str(grammar),
+                     "--out", str(out), "--address", service.address)
+
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.strip() == str(out) and "s of audio at 24000 Hz" in said.stderr
+    with wave.open(str(out)) as audio:
+        assert (audio.getnchannels(), audio.getsampwidth(), audio.getframerate()) == (1, 2, 24_000)
+        assert audio.getnframes() == 5 * 2048
+        assert len(audio.readframes(audio.getnframes())) == 5 * 2048 * 2
+
+    refused = llamagate("say", "Hello.", "--model", "csm", "--out", str(tmp_path / "csm.wav"),
+                        "--address", service.address)
+    assert refused.returncode == 1 and "FAILED_PRECONDITION" in refused.stderr
+    assert not (tmp_path / "csm.wav").exists()
