@@ -17,6 +17,7 @@ import threading
 from array import array
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from llamagate.domain.audio_codecs import CodecCodes, CodecShape
 from llamagate.domain.capabilities import ServerCapabilities
@@ -106,6 +107,9 @@ def reply(*texts: str) -> list[ChatChunk]:
         ChatChunk(finish_reason=FinishReason.STOP, usage=Usage(5, n, 5 + n), timings=Timings(predicted_n=n))]
 
 
+_Chunk = TypeVar("_Chunk")
+
+
 class FakeChat:
     """One engine's API. ``hold`` pauses every stream after its first chunk
     until set; a stream of a dead engine breaks like a closed socket."""
@@ -130,24 +134,22 @@ class FakeChat:
         if self.overflow_after is not None and len(self.calls) > self.overflow_after:
             raise ContextExceeded("the request needs 9999 tokens; a slot holds 2048", prompt_tokens=9999,
                                   context_length=2048)
-        self.streaming += 1
-        script = self.scripts.pop(0) if self.scripts else self.script
-        try:
-            for i, chunk in enumerate(script):
-                if i == 1 and self.hold is not None:
-                    await self._engine.until_exit_or(self.hold)
-                if self._engine.exit is not None:
-                    raise EngineFailed("lost connection to llama-server: the connection was reset")
+        async with contextlib.aclosing(self._played(self.scripts.pop(0) if self.scripts else self.script)) as chunks:
+            async for chunk in chunks:
                 yield chunk
-        finally:
-            self.streaming -= 1
 
     async def stream_tokens(self, call: TokenCall) -> AsyncGenerator[TokenChunk, None]:
         """``token_script``'s chunks; ``hold`` pauses after the first, as for chat."""
         self.token_calls.append(call)
+        async with contextlib.aclosing(self._played(self.token_script)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _played(self, script: Sequence[_Chunk]) -> AsyncGenerator[_Chunk, None]:
+        """A stream's chunks: ``hold`` pauses it after the first; a dead engine breaks it."""
         self.streaming += 1
         try:
-            for i, chunk in enumerate(self.token_script):
+            for i, chunk in enumerate(script):
                 if i == 1 and self.hold is not None:
                     await self._engine.until_exit_or(self.hold)
                 if self._engine.exit is not None:
