@@ -143,6 +143,7 @@ def test_outetts_tokens_stream_as_dac_audio_and_end_at_audio_end(stub, decoders)
     samples = np.frombuffer(b"".join(c.data for c in chunks), dtype="<f4")
     assert len(samples) == done.samples == 40 * 320 and done.frames == 40
     assert done.finish_reason == pb.FINISH_REASON_STOP  # the <|audio_end|> stop, before the length
+    assert {c.sample_rate for c in chunks} == {24_000} and np.all(np.abs(samples) <= 1.0) and np.std(samples) > 0
     np.testing.assert_allclose(samples, one_shot(decoders[AudioCodec.DAC], DAC_VOCAB, frames), atol=1e-4)
 
 
