@@ -1,12 +1,14 @@
-"""Clients in Go and TypeScript, built from proto/ alone, against the real service.
+"""Clients in Go, TypeScript and Java, built from proto/ alone, against the real service.
 
-Each example program (clients/go, clients/node) is built here the way its
-README says: stubs generated from proto/ by the pinned buf
-(buildsys/buf), then compiled. It prints every event and every error as one
-JSON line, so one set of assertions judges both languages. A missing Go or
-Node.js fails the test: a client that cannot be built must not pass CI.
-Builds reuse the default Go and npm caches: the first takes a minute or
-two, later ones seconds.
+Each example program (clients/go, clients/node, clients/java) is built here
+the way its README says: Go and TypeScript stubs generated from proto/ by
+the pinned buf (buildsys/buf), Java's by protoc and protoc-gen-grpc-java
+from Maven Central (`mvn package`), then compiled. It prints every event and
+every error as one JSON line, so one set of assertions judges every
+language. A missing Go, Node.js, JDK or Maven fails the test: a client that
+cannot be built must not pass CI. Builds reuse the default Go, npm and Maven
+caches: the first takes a minute or two, later ones seconds (Maven's about
+25 s).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from e2e import load
+from e2e import engine, load, wait_until
+
+from llamagate.v1 import llamagate_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 BUF = str(ROOT / "buildsys" / "buf")
@@ -51,11 +55,20 @@ def build_node() -> list[str]:
     return ["node", str(source / "dist" / "example.js")]
 
 
-@pytest.fixture(scope="module", params=["go", "node"])
+def build_java() -> list[str]:
+    need("java", "mvn")
+    source = ROOT / "clients" / "java"
+    run(["mvn", "-B", "-q", "package"], source)  # -B: no colours or progress in the log
+    return ["java", "-jar", str(source / "target" / "llamagate-example.jar")]
+
+
+@pytest.fixture(scope="module", params=["go", "node", "java"])
 def client(request, tmp_path_factory) -> list[str]:
     if request.param == "go":
         return build_go(tmp_path_factory.mktemp("go-client"))
-    return build_node()
+    if request.param == "node":
+        return build_node()
+    return build_java()
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +77,15 @@ def model(stub, smollm2_path, llama_cpp_tree):
 
     SmolLM2's own template has no tools: for them, functionary v3.2's from
     the llama.cpp tree, whose output parser in turn rejects plain replies.
+    One slot (parallel 1): a cancelled generation that kept it would hold
+    up the next.
     """
     functionary = (llama_cpp_tree / "models" / "templates" / "meetkai-functionary-medium-v3.2.jinja").read_text()
     loaded: list[bool] = []
 
     def load_for(tools: bool) -> None:
         if loaded != [tools]:
-            load(stub, smollm2_path, context_length=2048, chat_template=functionary if tools else "")
+            load(stub, smollm2_path, context_length=2048, parallel=1, chat_template=functionary if tools else "")
             loaded[:] = [tools]
 
     return load_for
@@ -114,3 +129,24 @@ def test_a_bad_field_comes_back_as_a_bad_request_naming_it(client, service, mode
     assert [v["field"] for v in error["field_violations"]] == ["sampling.temperature"]
     assert error["field_violations"][0]["description"]
     assert (error.get("reason"), error.get("domain")) == ("INVALID_ARGUMENT", "llamagate.dev")
+
+
+def in_flight(stub) -> int:
+    return sum(entry.in_flight for entry in stub.ListModels(pb.ListModelsRequest(), timeout=30).models)
+
+
+def test_a_cancel_after_the_first_delta_frees_the_only_slot_for_the_next_call(client, service, stub, model):
+    model(tools=False)
+    status, lines = run_client(client, service, "cancel")
+
+    assert status == 0, lines
+    assert lines[-1] == {"type": "cancelled", "code": "CANCELLED"}, lines
+    assert [line["type"] for line in lines[:-1]] == ["content_delta"]  # cancelled at the first, before any done
+    # Free in llamagate (no generation streaming or queued) and in llama-server
+    # (its one slot idle). The reply asked for 2,000 tokens, which takes SmolLM2
+    # well over wait_until's bound here: only the cancel ends it that soon.
+    assert wait_until(lambda: in_flight(stub) == 0)
+    child = engine(stub.ListModels(pb.ListModelsRequest(), timeout=30).models[0].info.pid)
+    assert wait_until(lambda: not any(slot["is_processing"] for slot in child.get("/slots").json()))
+    status, lines = run_client(client, service, "chat", "Name a colour.")
+    assert status == 0 and lines[-1]["type"] == "done", lines

@@ -4,9 +4,11 @@
 //
 //   node dist/example.js ADDRESS chat PROMPT       stream a plain answer
 //   node dist/example.js ADDRESS weather           one tool, get_weather(city), that must be called
+//   node dist/example.js ADDRESS cancel            cancel a long answer after its first piece of content
 //   node dist/example.js ADDRESS bad-temperature   a request the server rejects (temperature -1)
 //
-// Exit status: 0 when the stream ended, 1 after an error line, 2 for usage.
+// Exit status: 0 when the stream ended (or was cancelled as asked), 1 after
+// an error line, 2 for usage.
 // The stubs in src/gen/ are generated, not committed: `npm ci && npm run build`.
 import { ChannelCredentials, ClientError, Status, createChannel, createClientFactory } from "nice-grpc";
 import { BadRequest, ErrorInfo, RetryInfo, RichClientError, errorDetailsClientMiddleware } from "nice-grpc-error-details";
@@ -23,7 +25,7 @@ import {
   finishReasonToJSON,
 } from "./gen/llamagate/v1/llamagate";
 
-const USAGE = "usage: example ADDRESS chat PROMPT | weather | bad-temperature";
+const USAGE = "usage: example ADDRESS chat PROMPT | weather | cancel | bad-temperature";
 
 const WEATHER_PARAMETERS = {
   type: "object",
@@ -54,6 +56,13 @@ function requestFor(mode: string, args: string[]): GenerateRequest | undefined {
         },
       ],
       toolChoice: { choice: { $case: "mode", mode: ToolChoiceMode.TOOL_CHOICE_MODE_REQUIRED } },
+    });
+  }
+  if (mode === "cancel" && args.length === 0) {
+    // long enough that it is still streaming when cancelled
+    return GenerateRequest.fromPartial({
+      messages: user("Write a very long story about a llama."),
+      sampling: Sampling.fromPartial({ maxTokens: 2000 }),
     });
   }
   if (mode === "bad-temperature" && args.length === 0) {
@@ -120,12 +129,22 @@ async function main(argv: string[]): Promise<number> {
   }
   const channel = createChannel(address, ChannelCredentials.createInsecure());
   const client = createClientFactory().use(errorDetailsClientMiddleware).create(LlamaGateServiceDefinition, channel);
+  // Aborting the signal cancels the call (grpc-js resets the stream, so the
+  // server sees CANCELLED) and the pending read rejects with an AbortError.
+  const cancel = new AbortController();
+  const signal = AbortSignal.any([cancel.signal, AbortSignal.timeout(5 * 60_000)]);
   try {
-    for await (const response of client.generate(request, { signal: AbortSignal.timeout(5 * 60_000) })) {
+    for await (const response of client.generate(request, { signal })) {
+      if (cancel.signal.aborted) continue; // already received before the cancel
       printEvent(response);
+      if (mode === "cancel" && response.event?.$case === "contentDelta") cancel.abort();
     }
-    return 0;
+    return 0; // in cancel mode: the stream ended before any content, nothing was cancelled
   } catch (error) {
+    if (cancel.signal.aborted && error instanceof Error && error.name === "AbortError") {
+      emit({ type: "cancelled", code: Status[Status.CANCELLED] });
+      return 0;
+    }
     if (!(error instanceof ClientError)) throw error;
     printError(error);
     return 1;

@@ -4,9 +4,11 @@
 //
 //	example ADDRESS chat PROMPT       stream a plain answer
 //	example ADDRESS weather           one tool, get_weather(city), that must be called
+//	example ADDRESS cancel            cancel a long answer after its first piece of content
 //	example ADDRESS bad-temperature   a request the server rejects (temperature -1)
 //
-// Exit status: 0 when the stream ended, 1 after an error line, 2 for usage.
+// Exit status: 0 when the stream ended (or was cancelled as asked), 1 after
+// an error line, 2 for usage.
 //
 // The stubs in llamagatev1/ are generated, not committed: in clients/go,
 // `go generate ./... && go build ./cmd/example`.
@@ -27,6 +29,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -34,7 +37,7 @@ import (
 	pb "github.com/llamagate/llamagate/clients/go/llamagatev1"
 )
 
-const usage = "usage: example ADDRESS chat PROMPT | weather | bad-temperature"
+const usage = "usage: example ADDRESS chat PROMPT | weather | cancel | bad-temperature"
 
 func main() {
 	os.Exit(run(os.Args[1:]))
@@ -56,7 +59,13 @@ func run(args []string) int {
 		return 2
 	}
 	defer conn.Close()
-	if err := stream(pb.NewLlamaGateServiceClient(conn), request); err != nil {
+	client := pb.NewLlamaGateServiceClient(conn)
+	if args[1] == "cancel" {
+		err = cancelAfterFirstContent(client, request)
+	} else {
+		err = stream(client, request)
+	}
+	if err != nil {
 		printError(err)
 		return 1
 	}
@@ -84,6 +93,11 @@ func requestFor(mode string, args []string) (*pb.GenerateRequest, error) {
 			}},
 			ToolChoice: &pb.ToolChoice{Choice: &pb.ToolChoice_Mode{Mode: pb.ToolChoiceMode_TOOL_CHOICE_MODE_REQUIRED}},
 		}, nil
+	case mode == "cancel" && len(args) == 0: // long enough that it is still streaming when cancelled
+		return &pb.GenerateRequest{
+			Messages: user("Write a very long story about a llama."),
+			Sampling: &pb.Sampling{MaxTokens: proto.Int32(2000)},
+		}, nil
 	case mode == "bad-temperature" && len(args) == 0:
 		return &pb.GenerateRequest{
 			Messages: user("hi"),
@@ -109,6 +123,39 @@ func stream(client pb.LlamaGateServiceClient, request *pb.GenerateRequest) error
 			return err
 		}
 		printEvent(event)
+	}
+}
+
+// cancelAfterFirstContent cancels the call's context after the first content
+// delta: grpc-go resets the stream (RST_STREAM CANCEL reaches the server) and
+// the next Recv returns codes.Canceled. A stream that ends before any content
+// returns nil without a "cancelled" line: nothing was cancelled.
+func cancelAfterFirstContent(client pb.LlamaGateServiceClient, request *pb.GenerateRequest) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events, err := client.Generate(ctx, request)
+	if err != nil {
+		return err
+	}
+	for {
+		event, err := events.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() == nil || status.Code(err) != codes.Canceled {
+				return err
+			}
+			emit(map[string]any{"type": "cancelled", "code": code.Code(status.Code(err)).String()})
+			return nil
+		}
+		if ctx.Err() != nil {
+			continue // already received before the cancel: read on to the Canceled status
+		}
+		printEvent(event)
+		if _, content := event.Event.(*pb.GenerateResponse_ContentDelta); content {
+			cancel()
+		}
 	}
 }
 
