@@ -87,7 +87,9 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
                         yield convert_chat.generate_event(event, request_id)
             except LlamagateError as error:
                 await _abort(context, error, request_id)
-            except asyncio.CancelledError:  # the caller cancelled, or its deadline passed: the work upstream stops
+            # The caller cancelled, or its deadline passed (grpc cancels the handler, or closes it at a
+            # yield): the work upstream stops.
+            except (asyncio.CancelledError, GeneratorExit):
                 log.info("generate %s: ended by the caller (cancel or deadline)", request_id)
                 raise
 
@@ -113,7 +115,7 @@ class LlamaGateService(pb_grpc.LlamaGateServiceServicer):
                             yield pb.SynthesizeResponse(done=encoder.done(event), request_id=request_id)
             except LlamagateError as error:
                 await _abort(context, error, request_id)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, GeneratorExit):  # as for Generate
                 log.info("synthesize %s: ended by the caller (cancel or deadline)", request_id)
                 raise
 
