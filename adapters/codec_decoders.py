@@ -10,10 +10,12 @@ import os
 
 from huggingface_hub import constants, try_to_load_from_cache
 
-from llamagate.adapters.onnx_codec import OnnxCodecDecoder
 from llamagate.domain.audio_codecs import CodecShape
 from llamagate.domain.errors import DecoderUnavailable
+from llamagate.domain.ports import CodecDecoder
 from llamagate.domain.speech import DecoderSource
+
+_INSTALL = "decoding audio needs onnxruntime: install llamagate[tts] (pip install 'llamagate[tts]')"
 
 
 class OnnxDecoderLoader:
@@ -21,7 +23,11 @@ class OnnxDecoderLoader:
         self._cache_dir = cache_dir  # None: huggingface_hub's (HF_HUB_CACHE)
         self._threads = threads
 
-    def open(self, shape: CodecShape, source: DecoderSource) -> OnnxCodecDecoder:
+    def open(self, shape: CodecShape, source: DecoderSource) -> CodecDecoder:
+        try:  # here, not at import: the core install has neither onnxruntime nor the numpy it brings
+            from llamagate.adapters.onnx_codec import OnnxCodecDecoder
+        except ImportError as error:
+            raise DecoderUnavailable(_INSTALL) from error
         return OnnxCodecDecoder(self.locate(shape, source), shape, threads=self._threads)
 
     def locate(self, shape: CodecShape, source: DecoderSource) -> str:

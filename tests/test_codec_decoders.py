@@ -3,6 +3,8 @@ path, or a file of a Hub repo as the Hub cache holds it, never downloaded."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +57,24 @@ def test_a_configured_path_that_is_no_file_is_said_with_its_setting(tmp_path):
         with pytest.raises(DecoderUnavailable) as caught:
             loader.locate(SNAC_24KHZ, DecoderSource(path=str(path)))
         assert str(path) in str(caught.value) and "LLAMAGATE_SNAC_DECODER" in str(caught.value)
+
+
+def test_without_numpy_and_onnxruntime_the_service_imports_and_a_decoder_asks_for_the_extra(tmp_path):
+    """The core install has neither: speech is refused, nothing else is touched."""
+    script = f"""
+import sys
+sys.modules["numpy"] = None  # as if not installed
+sys.modules["onnxruntime"] = None
+import llamagate.server.app
+from llamagate.adapters.codec_decoders import OnnxDecoderLoader
+from llamagate.domain.audio_codecs import SNAC_24KHZ
+from llamagate.domain.errors import DecoderUnavailable
+from llamagate.domain.speech import DecoderSource
+try:
+    OnnxDecoderLoader().open(SNAC_24KHZ, DecoderSource(path={str(tmp_path)!r}))
+except DecoderUnavailable as error:
+    print(error)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'llamagate[tts]'" in done.stdout
