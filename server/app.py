@@ -39,6 +39,7 @@ from llamagate.server.listen import listen
 from llamagate.server.message_limit import MessageLimit, core_limit
 from llamagate.server.metrics import Metrics, metrics_of
 from llamagate.server.reflection import add_reflection
+from llamagate.server.replica import ReplicaIdentity
 from llamagate.server.service import LlamaGateService
 from llamagate.server.settings import Settings, ToolSettings
 from llamagate.server.stream_limits import StreamLimits
@@ -175,10 +176,11 @@ async def create_server(settings: Settings, registry: ModelRegistry | None = Non
 
 
 def interceptors(settings: Settings, metrics: Metrics | None = None) -> list[grpc.aio.ServerInterceptor]:
-    """Every RPC passes these, in order: metrics first, to count every outcome; then auth, so a
-    refused caller's request is never read."""
+    """Every RPC passes these, in order: metrics first, to count every outcome; the replica's id next,
+    so every answer names it, refusals too; then auth, so a refused caller's request is never read."""
     counted = [metrics.interceptor] if metrics else []
-    return [*counted, BearerAuth(settings.auth), StreamLimits(settings.limits), MessageLimit(settings.max_message_bytes)]
+    return [*counted, ReplicaIdentity(settings.replica.identity(settings.address)), BearerAuth(settings.auth),
+            StreamLimits(settings.limits), MessageLimit(settings.max_message_bytes)]
 
 
 def server_options(settings: Settings) -> list[tuple[str, int | str]]:

@@ -25,6 +25,7 @@ from llamagate.domain.speech import DecoderSource, decoder_source
 from llamagate.server.auth import AuthSettings
 from llamagate.server.network import NetworkSettings
 from llamagate.server.observability import ObservabilitySettings
+from llamagate.server.replica import ReplicaSettings
 from llamagate.server.stream_limits import StreamLimitSettings
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -51,6 +52,7 @@ class Settings:
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     # LLAMAGATE_MAX_STREAMS(_PER_CLIENT), LLAMAGATE_MAX_PROMPT_BYTES, LLAMAGATE_KEEPALIVE_S
     limits: StreamLimitSettings = field(default_factory=StreamLimitSettings)
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)  # LLAMAGATE_REPLICA_ID: x-llamagate-replica
     # what children inherit, the GPU visibility masks, and LLAMA_SERVER_PATH / PATH for engine discovery
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -71,6 +73,7 @@ class Settings:
             model_roots=ModelRootSettings.from_env(env),
             observability=ObservabilitySettings.from_env(env),
             limits=limit_settings(env),
+            replica=ReplicaSettings.from_env(env),
             env=dict(env),
         )
 
