@@ -18,6 +18,7 @@ message: callers are named by the token's name (``client_name()``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -33,6 +34,7 @@ import grpc
 
 from llamagate.domain.errors import PermissionDenied, Unauthenticated
 from llamagate.server.errors import status_for, trailing_details
+from llamagate.server.interception import Behaviour, rebuilt
 from llamagate.v1 import llamagate_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -201,7 +203,6 @@ class RoleRequired(PermissionDenied):
 _UNAUTHENTICATED = ("this service needs a valid token: send the metadata `authorization: Bearer TOKEN`"
                     " (llamagate's commands: LLAMAGATE_TOKEN or --token-file)")
 
-Behaviour = Callable[..., Any]
 
 
 class BearerAuth(grpc.aio.ServerInterceptor):
@@ -249,7 +250,7 @@ class BearerAuth(grpc.aio.ServerInterceptor):
         role = required_role(method)
         if role not in credential.grants:
             return _refusing(handler, RoleRequired(method, role, credential), method)
-        return _rebuilt(handler, lambda behaviour: _as_client(behaviour, credential.name))
+        return rebuilt(handler, lambda behaviour: _as_client(behaviour, credential.name))
 
 
 def _as_client(behaviour: Behaviour, name: str) -> Behaviour:
@@ -257,8 +258,9 @@ def _as_client(behaviour: Behaviour, name: str) -> Behaviour:
     if inspect.isasyncgenfunction(behaviour):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _CLIENT.set(name)
-            async for response in behaviour(request, context):
-                yield response
+            async with contextlib.aclosing(behaviour(request, context)) as responses:
+                async for response in responses:
+                    yield response
         return stream
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -274,24 +276,8 @@ def _refusing(handler: grpc.RpcMethodHandler[Any, Any], error: Unauthenticated |
         log.info("refused %s from %s: %s", method, context.peer(),
                  error if isinstance(error, RoleRequired) else "no valid token")
         await context.abort(status_for(error), str(error), trailing_details(error))
-    return _rebuilt(handler, lambda _: refuse, deserializer=_unread)
+    return rebuilt(handler, lambda _: refuse, deserializer=_unread)
 
 
 def _unread(data: bytes) -> None:
     return None
-
-
-def _rebuilt(handler: grpc.RpcMethodHandler[Any, Any], behaviour_for: Callable[[Behaviour], Behaviour],
-             deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same kind of handler (unary or streaming, each way) with its behaviour replaced."""
-    deserialize = deserializer or handler.request_deserializer
-    serialize = handler.response_serializer
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(behaviour_for(handler.unary_unary), deserialize, serialize)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(behaviour_for(handler.unary_stream), deserialize, serialize)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(behaviour_for(handler.stream_unary), deserialize, serialize)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(behaviour_for(handler.stream_stream), deserialize, serialize)
-    return handler

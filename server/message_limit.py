@@ -9,6 +9,7 @@ sizes and the setting (issue 7 defect 9).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -76,6 +77,7 @@ class MessageLimit(grpc.aio.ServerInterceptor):
         async def run(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _TooLarge):
                 await self._refuse(context, request.size)
-            async for response in behaviour(request, context):
-                yield response
+            async with contextlib.aclosing(behaviour(request, context)) as responses:
+                async for response in responses:
+                    yield response
         return run

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import re
@@ -147,8 +148,9 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
             started = self._start(labels)
             code = grpc.StatusCode.UNKNOWN
             try:
-                async for response in behaviour(request, context):
-                    yield response
+                async with contextlib.aclosing(behaviour(request, context)) as responses:
+                    async for response in responses:
+                        yield response
                 code = context.code() or grpc.StatusCode.OK
             except BaseException as error:
                 code = _ending(error, context)

@@ -21,6 +21,7 @@ listener already closed by a drain, a message over core's cap) carries no id.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -32,6 +33,7 @@ from typing import Any
 import grpc
 
 from llamagate.server.address import parse_address
+from llamagate.server.interception import rebuilt
 
 REPLICA_KEY = "x-llamagate-replica"
 SETTING = "LLAMAGATE_REPLICA_ID"
@@ -90,22 +92,17 @@ class ReplicaIdentity(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        for kind, make in _KINDS:
-            behaviour = getattr(handler, kind)
-            if behaviour is not None:
-                return make(self._stamped(behaviour), handler.request_deserializer, handler.response_serializer)
-        return handler
+        return None if handler is None else rebuilt(handler, self._stamped)
 
     def _stamped(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         """The same shape of behaviour (gRPC tells async generators from coroutines)."""
         if inspect.isasyncgenfunction(behaviour):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 stamped = _Stamped(context, self.replica)
-                async for response in behaviour(request, stamped):
-                    await stamped.send_headers()
-                    yield response
+                async with contextlib.aclosing(behaviour(request, stamped)) as responses:
+                    async for response in responses:
+                        await stamped.send_headers()
+                        yield response
             return stream
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -115,14 +112,6 @@ class ReplicaIdentity(grpc.aio.ServerInterceptor):
                 await stamped.send_headers()
             return response
         return call
-
-
-_KINDS = (
-    ("unary_unary", grpc.unary_unary_rpc_method_handler),
-    ("unary_stream", grpc.unary_stream_rpc_method_handler),
-    ("stream_unary", grpc.stream_unary_rpc_method_handler),
-    ("stream_stream", grpc.stream_stream_rpc_method_handler),
-)
 
 
 class _Stamped:

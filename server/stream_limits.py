@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,15 +89,16 @@ class StreamLimits(grpc.aio.ServerInterceptor):
         return grpc.unary_stream_rpc_method_handler(
             self._counted(stream), handler.request_deserializer, handler.response_serializer)
 
-    def _counted(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    def _counted(self, behaviour: Callable[..., AsyncGenerator[Any, None]]) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             client = self._identity(context)
             refusal = self._refusal(client)
             if refusal is not None:
                 await context.abort(status_for(refusal), str(refusal), trailing_details(refusal))
             with self._holding(client):
-                async for response in behaviour(request, context):
-                    yield response
+                async with contextlib.aclosing(behaviour(request, context)) as responses:
+                    async for response in responses:
+                        yield response
         return run
 
     def _refusal(self, client: str) -> Overloaded | None:
