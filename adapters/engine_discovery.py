@@ -13,6 +13,9 @@ from llamagate.adapters import paths
 from llamagate.domain.errors import EngineNotFound
 
 BINARY = "llama-server"
+# The RPC worker, built beside llama-server from the same tree: the same ggml,
+# so the same RPC protocol version (llama-server refuses a worker of another).
+RPC_SERVER = "ggml-rpc-server"
 INSTALL_HINT = "run `llamagate engine install` (it builds llama-server from source, once)"
 
 
@@ -41,6 +44,17 @@ def find_llama_server(env: Mapping[str, str], cache: Path, llama_cpp_dir: str | 
             return candidate
     places = "\n  ".join([*map(str, looked), f"{BINARY} on PATH ({'not found' if env.get('PATH') else 'PATH unset'})"])
     raise EngineNotFound(f"no {BINARY} found; looked in:\n  {places}\nTo fix: {INSTALL_HINT}")
+
+
+def find_rpc_server(env: Mapping[str, str], cache: Path, llama_cpp_dir: str | None = None) -> Path:
+    """ggml-rpc-server beside a llama-server candidate (in their order), else on $PATH."""
+    looked = list(dict.fromkeys(c.parent / RPC_SERVER for c in candidates(env, cache, llama_cpp_dir)))
+    on_path = shutil.which(RPC_SERVER, path=env.get("PATH"))
+    for candidate in [*looked, *([Path(on_path)] if on_path else [])]:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    places = "\n  ".join(map(str, looked))
+    raise EngineNotFound(f"no {RPC_SERVER} found; looked in:\n  {places}\nand on PATH. To fix: {INSTALL_HINT}")
 
 
 def child_environment(binary: Path, base: Mapping[str, str]) -> dict[str, str]:

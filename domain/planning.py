@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from llamagate.domain.gpus import MIB, GpuInfo
+from llamagate.domain.rpc_workers import WorkerReport
 
 BUDGET_FRACTION = 0.9  # the rest: compute buffers, CUDA context, flash-attn workspace
 CONTEXT_STEP = 256
@@ -30,6 +31,20 @@ class GpuShare:
 
 
 @dataclass(frozen=True)
+class WorkerShare:
+    """One device of an RPC worker, and what the plan puts on it."""
+
+    address: str  # the worker, host:port
+    device: int  # its device number on the worker
+    free_bytes: int  # a CPU worker's RAM: see memory_is_ram
+    total_bytes: int
+    memory_is_ram: bool  # the worker reports its RAM (free = total), not what is free of it
+    budget_bytes: int
+    weights_bytes: int
+    kv_bytes: int
+
+
+@dataclass(frozen=True)
 class Plan:
     context_length: int
     gpus: tuple[int, ...]  # physical ids to pin; empty on CPU or when falling back
@@ -40,6 +55,7 @@ class Plan:
     shares: tuple[GpuShare, ...]
     ceiling_context: int  # the largest context any GPU subset holds (for a UI)
     reasons: tuple[str, ...]
+    workers: tuple[WorkerShare, ...] = ()  # the RPC workers' devices, when the load names workers
 
 
 def budget(free_bytes: Sequence[int]) -> int:
@@ -162,10 +178,57 @@ def _mib(n: int) -> str:
     return f"{n / MIB:,.0f} MiB"
 
 
+def plan_over_workers(gpus: Sequence[GpuInfo], workers: Sequence[WorkerReport], weights: int, kv_bytes: KvBytes,
+                      requested: int, native: int) -> Plan:
+    """RPC workers named: llama-server spreads the layers over every device it
+    sees, this machine's GPUs and each worker's, in proportion to their free
+    memory (llama.cpp's default split); so they are planned as one pool, and
+    each gets its proportional share. Without a GPU here every layer still
+    goes to the workers ("-ngl all"), never to this machine's CPU."""
+    remote = [(w.address, d) for w in workers if w.usable for d in w.devices]
+    room = budget([g.free_bytes for g in gpus] + [d.free_bytes for _, d in remote])
+    if requested:
+        context, fits = requested, weights + kv_bytes(requested) <= room
+    else:
+        context, fits = fit_context(room, weights, kv_bytes, native)
+        context = context if fits else context_floor(native)  # as without workers: --fit on gets the floor
+    kv = kv_bytes(context)
+    whole = room or 1
+
+    def part(n: int, free: int) -> int:
+        return n * budget([free]) // whole if fits else 0
+
+    shares = tuple(GpuShare(g.index, g.free_bytes, budget([g.free_bytes]), part(weights, g.free_bytes),
+                            part(kv, g.free_bytes), g.free_bytes - budget([g.free_bytes]))
+                   for g in sorted(gpus, key=lambda g: g.index))
+    on_workers = tuple(WorkerShare(address, d.index, d.free_bytes, d.total_bytes, d.memory_is_ram,
+                                   budget([d.free_bytes]), part(weights, d.free_bytes), part(kv, d.free_bytes))
+                       for address, d in remote)
+    devices = f"{len(remote)} device(s) on {len({a for a, _ in remote})} RPC worker(s)" + (
+        f" and {_ids(gpus)}" if gpus else "")
+    reasons = [f"context {context}" + (" was asked for: honoured" if requested else
+                                        (" (the native context)" if context == native else f" (native {native})")),
+               f"weights + KV {_mib(weights + kv)} of {_mib(room)} usable on {devices}"
+               + (": every layer on them, split in proportion to their memory" if fits else
+                  ": does not fit, llama-server's --fit on places what fits, the rest stays in this machine's RAM")]
+    reasons += [w.describe() + ("" if w.usable else ": its memory is not counted, and a load now would fail")
+                for w in workers]
+    if any(d.memory_is_ram for _, d in remote):
+        reasons.append("a CPU worker's figure is its RAM: ggml reports no free memory for a CPU, so what its "
+                       "machine's other processes use is not subtracted")
+    ceiling, holds = fit_context(room, weights, kv_bytes, native)
+    return Plan(context, tuple(s.index for s in shares) if fits else (), fits, fits, weights, kv,
+                shares if fits else (), ceiling if holds else MIN_CONTEXT, tuple(reasons), on_workers)
+
+
 def make_plan(
-    gpus: Sequence[GpuInfo], host_free_bytes: int, weights: int, kv_bytes: KvBytes, requested: int, native: int
+    gpus: Sequence[GpuInfo], host_free_bytes: int, weights: int, kv_bytes: KvBytes, requested: int, native: int,
+    workers: Sequence[WorkerReport] = (),
 ) -> Plan:
-    """The plan for a load: ``requested`` 0 means automatic (up to ``native``)."""
+    """The plan for a load: ``requested`` 0 means automatic (up to ``native``);
+    ``workers``: the RPC workers the load names, as probed."""
+    if workers:
+        return plan_over_workers(gpus, workers, weights, kv_bytes, requested, native)
     if not gpus:
         return plan_host(host_free_bytes, weights, kv_bytes, requested, native)
     plan = plan_explicit(gpus, weights, kv_bytes, requested) if requested else plan_automatic(gpus, weights, kv_bytes, native)

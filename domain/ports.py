@@ -20,6 +20,7 @@ from llamagate.domain.hub import HubFile, HubListing, HubSource
 from llamagate.domain.launch import LaunchSpec
 from llamagate.domain.model_facts import ModelFacts, MoreBytes
 from llamagate.domain.model_state import ModelState
+from llamagate.domain.rpc_workers import WorkerReport
 from llamagate.domain.speech import DecoderSource, TokenCall, TokenChunk
 from llamagate.domain.tools import ToolResult
 
@@ -108,6 +109,14 @@ class MemoryProbe(Protocol):
 
     def host_free_bytes(self) -> int:
         """System memory available now (the pool when there is no GPU)."""
+        ...
+
+
+class WorkerProbe(Protocol):
+    def probe(self, address: str, timeout_s: float) -> WorkerReport:
+        """What the RPC worker at ``address`` (host:port) says of its devices and
+        memory (blocking, within about ``timeout_s``). Never raises: an
+        unreachable, busy or foreign worker is a report in that state."""
         ...
 
 

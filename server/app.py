@@ -23,10 +23,12 @@ from llamagate.adapters.llama_process import LlamaServerLauncher
 from llamagate.adapters.markup_parser import RustMarkupParser
 from llamagate.adapters.memory_probe import SystemMemory
 from llamagate.adapters.model_files import model_roots
+from llamagate.adapters.rpc_probe import RpcProbe
 from llamagate.adapters.tools import build_tools
 from llamagate.application.agent import Agent
 from llamagate.application.hub_models import HubModels
 from llamagate.application.registry import ModelRegistry, model_of
+from llamagate.application.rpc_workers import RpcWorkers
 from llamagate.application.slot import ModelSlot
 from llamagate.domain.model_config import ServiceConfig
 from llamagate.domain.model_info import ModelInfo
@@ -68,10 +70,11 @@ def build_registry(settings: Settings, memory: MemoryProbe | None = None, disk: 
     hub = HubModels(HfHub(), disk or LocalDiskSpace(), inspector, telemetry)
     renderer = JinjaTemplateRenderer()
     decoders = OnnxDecoderLoader()
+    workers = RpcWorkers(RpcProbe(), settings.rpc_workers.allowed)  # shared: a worker serves one model at a time
 
     def make_slot(view: MemoryProbe) -> ModelSlot:
         return ModelSlot(inspector, launcher, view, settings.slot, renderer=renderer, hub=hub, telemetry=telemetry,
-                         name=model_of(view), decoders=decoders)
+                         name=model_of(view), decoders=decoders, workers=workers)
 
     models = ModelRegistry(make_slot, memory or SystemMemory(settings.env), config,
                            host_budget=settings.host_memory_bytes, host_cache_bytes=settings.slot.host_cache_mib << 20)

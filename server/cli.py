@@ -183,6 +183,15 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     plan.add_argument("--gpus", help="simulate GPUs as INDEX:FREE_MIB,... e.g. 0:24576,1:24576")
     plan.set_defaults(run=_plan)
 
+    worker = sub.add_parser("rpc-worker", help="run a llama.cpp RPC worker (ggml-rpc-server) that a client hanging "
+                                               "up cannot kill (SIGPIPE ignored); never on an open network")
+    worker.add_argument("--host", default="127.0.0.1", help="address to listen on (it has no authentication: "
+                                                            "only a private network)")
+    worker.add_argument("--port", type=int, default=50052)
+    worker.add_argument("extra", nargs=argparse.REMAINDER, help="more ggml-rpc-server options after --, such as "
+                                                                "-- --device CUDA0 --threads 8 --cache")
+    worker.set_defaults(run=_rpc_worker)
+
     setup = sub.add_parser("setup", help="engine install + default model: everything serve needs")
     setup.add_argument("--test-tools", action="store_true", help="also build what the test suite needs")
     setup.set_defaults(run=_setup)
@@ -387,6 +396,27 @@ def _engine_path(args) -> int:
         print(error, file=sys.stderr)
         return 1
     return 0
+
+
+def _rpc_worker(args) -> int:
+    """Become ggml-rpc-server (exec), with SIGPIPE ignored: it writes replies
+    with plain send(), so a client gone mid-reply (a probe that gave up, a
+    llama-server that died while another worker computed) would kill it;
+    ignored, the send fails with EPIPE and the worker serves the next client."""
+    from llamagate.adapters.engine_discovery import child_environment, find_rpc_server
+    from llamagate.domain.errors import EngineNotFound
+
+    try:
+        binary = find_rpc_server(args.settings.env, args.settings.cache_dir, args.settings.llama_cpp_dir or None)
+    except EngineNotFound as error:
+        print(error, file=sys.stderr)
+        return 1
+    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    argv = [str(binary), "--host", args.host, "--port", str(args.port), *extra]
+    sys.stdout.flush()
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # an ignored signal stays ignored across exec
+    os.execve(binary, argv, child_environment(binary, args.settings.env))
+    return 0  # unreachable: exec replaced this process
 
 
 def _model_default(args) -> int:

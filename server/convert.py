@@ -18,6 +18,8 @@ from llamagate.domain.load_plan import LoadPlan
 from llamagate.domain.model_config import check_model_id
 from llamagate.domain.model_info import LoadEvent, LoadPhase, ModelInfo
 from llamagate.domain.model_state import ModelState
+from llamagate.domain.planning import WorkerShare
+from llamagate.domain.rpc_workers import WorkerReport, WorkerState
 from llamagate.domain.speech import describe as describe_codec
 from llamagate.v1 import llamagate_pb2 as pb
 
@@ -122,6 +124,7 @@ def load_options(o: pb.LoadOptions) -> LoadOptions:
         batch_size=o.batch_size,
         mode=enum_value(_MODE, o.mode, "options.mode"),
         pooling=enum_value(_POOLING, o.pooling, "options.pooling"),
+        rpc_workers=tuple(o.rpc_workers),
     )
 
 
@@ -148,7 +151,25 @@ def plan(load_plan: LoadPlan) -> pb.Plan:
         ceiling_context_length=p.ceiling_context,
         reasons=list(p.reasons),
         simulated=load_plan.simulated,
+        rpc_workers=[_worker(report, p.workers) for report in load_plan.workers],
     )
+
+
+def _worker(report: WorkerReport, shares: tuple[WorkerShare, ...]) -> pb.RpcWorker:
+    planned = {s.device: s for s in shares if s.address == report.address}
+    devices = []
+    for d in report.devices:
+        share = planned.get(d.index)
+        devices.append(pb.RpcDevice(index=d.index, free_bytes=d.free_bytes, total_bytes=d.total_bytes,
+                                    memory_is_ram=d.memory_is_ram,
+                                    budget_bytes=share.budget_bytes if share else 0,
+                                    weights_bytes=share.weights_bytes if share else 0,
+                                    kv_bytes=share.kv_bytes if share else 0))
+    return pb.RpcWorker(address=report.address, state=_WORKER_STATE[report.state], protocol=report.protocol,
+                        devices=devices, detail=report.detail)
+
+
+_WORKER_STATE = {state: getattr(pb, f"RPC_WORKER_STATE_{state.name}") for state in WorkerState}
 
 
 def _kv(kv: KvEstimate | None, total: int) -> pb.KvBreakdown:

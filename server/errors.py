@@ -33,6 +33,8 @@ STATUS_FOR: dict[type[errors.LlamagateError], grpc.StatusCode] = {
     errors.WrongMode: grpc.StatusCode.FAILED_PRECONDITION,  # the model serves another kind of request
     errors.NotSpeechModel: grpc.StatusCode.FAILED_PRECONDITION,
     errors.DecoderUnavailable: grpc.StatusCode.FAILED_PRECONDITION,  # fetch the file or install the extra
+    errors.WorkerUnavailable: grpc.StatusCode.UNAVAILABLE,  # an RPC worker down or busy: retry
+    errors.WorkerUnusable: grpc.StatusCode.FAILED_PRECONDITION,  # another of our models holds it, or another protocol
 }
 
 _DETAILS_KEY = "grpc-status-details-bin"  # where google.rpc.Status travels (grpcio-status reads it)

