@@ -215,32 +215,28 @@ class DecoderUnavailable(LlamagateError):
     reason = "DECODER_UNAVAILABLE"
 
 
-class WorkerUnavailable(LlamagateError):
+class _WorkerError(LlamagateError):
+    """A failure that one RPC worker's address explains (ErrorInfo metadata ``worker``)."""
+
+    def __init__(self, message: str, *, address: str = "") -> None:
+        super().__init__(message)
+        self.address = address
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"worker": self.address} if self.address else {}
+
+
+class WorkerUnavailable(_WorkerError):
     """An RPC worker a model needs cannot be reached, or serves another client
     now (it takes one at a time); trying again later can succeed."""
 
     reason = "RPC_WORKER_UNAVAILABLE"
     retry_after_s = 1.0
 
-    def __init__(self, message: str, *, address: str = "") -> None:
-        super().__init__(message)
-        self.address = address
 
-    @property
-    def metadata(self) -> dict[str, str]:
-        return {"worker": self.address} if self.address else {}
-
-
-class WorkerUnusable(LlamagateError):
+class WorkerUnusable(_WorkerError):
     """An RPC worker that retrying will not make usable: another model of this
     service holds it, or it speaks another protocol version than our engine."""
 
     reason = "RPC_WORKER_UNUSABLE"
-
-    def __init__(self, message: str, *, address: str = "") -> None:
-        super().__init__(message)
-        self.address = address
-
-    @property
-    def metadata(self) -> dict[str, str]:
-        return {"worker": self.address} if self.address else {}
