@@ -143,6 +143,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
                       help="the id to serve it as (default: the file's name); with no MODEL, a configured model")
     load.add_argument("--ctx", type=int, default=0, help="context length (0 = automatic, up to native)")
     load.add_argument("--parallel", type=int, default=1, help="parallel slots")
+    _rpc_worker_option(load)
     load.add_argument("--address", default=address)
     load.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to wait for the service")
     _token_option(load)
@@ -181,6 +182,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     plan.add_argument("--cache-type", default="f16", help="KV cache type: f32 f16 bf16 q8_0 q5_1 q5_0 q4_1 q4_0 iq4_nl")
     plan.add_argument("--mmproj", default="", help="vision projector GGUF (its size counts)")
     plan.add_argument("--gpus", help="simulate GPUs as INDEX:FREE_MIB,... e.g. 0:24576,1:24576")
+    _rpc_worker_option(plan)
     plan.set_defaults(run=_plan)
 
     worker = sub.add_parser("rpc-worker", help="run a llama.cpp RPC worker (ggml-rpc-server) that a client hanging "
@@ -366,6 +368,12 @@ async def _follow_load(event, events):
             event = await anext(events)
 
 
+def _rpc_worker_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--rpc-worker", action="append", default=[], metavar="HOST:PORT",
+                         help="an RPC worker (llamagate rpc-worker) to hold layers; one the service's"
+                              " LLAMAGATE_RPC_WORKERS lists; repeatable")
+
+
 def _client_command(name: str):
     def run(args) -> int:
         from llamagate.server import client
@@ -433,7 +441,8 @@ def _plan(args) -> int:
 
     try:
         options = LoadOptions(context_length=args.ctx, parallel=args.parallel,
-                              cache_type=KvCacheType(args.cache_type), mmproj_path=args.mmproj)
+                              cache_type=KvCacheType(args.cache_type), mmproj_path=args.mmproj,
+                              rpc_workers=tuple(args.rpc_worker))
         gpus = parse_gpus(args.gpus) if args.gpus else None
         source = model_source(args.model, revision=args.revision)
         load_plan, hub = asyncio.run(_plan_once(args.settings, source, options, gpus))

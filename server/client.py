@@ -263,7 +263,8 @@ def load(args) -> int:
         return 1
     request = pb.LoadModelRequest(model=args.name)
     if source is not None:
-        request.options.CopyFrom(pb.LoadOptions(context_length=args.ctx, parallel=args.parallel))
+        request.options.CopyFrom(pb.LoadOptions(context_length=args.ctx, parallel=args.parallel,
+                                                rpc_workers=args.rpc_worker))
     if isinstance(source, str):
         request.path = source
     elif source is not None:

@@ -38,6 +38,13 @@ def render_plan(load_plan: LoadPlan, hub: HubModel | None = None) -> str:
         for s in plan.shares:
             cells = (s.free_bytes, s.budget_bytes, s.weights_bytes, s.kv_bytes, s.reserve_bytes)
             lines.append(f"{s.index:>4} " + " ".join(f"{_mib(c):>12}" for c in cells))
+    if plan.workers:
+        lines.append("")
+        lines.append(f"{'RPC worker':<24} {'free':>12} {'budget':>12} {'weights':>12} {'KV':>12}")
+        for w in plan.workers:
+            worker_cells = (w.free_bytes, w.budget_bytes, w.weights_bytes, w.kv_bytes)
+            ram = "  (its RAM: a CPU worker reports no free memory)" if w.memory_is_ram else ""
+            lines.append(f"{w.address + '/' + str(w.device):<24} " + " ".join(f"{_mib(c):>12}" for c in worker_cells) + ram)
     lines.append("")
     lines.append("why:")
     lines += [f"  - {reason}" for reason in plan.reasons]

@@ -200,6 +200,31 @@ def test_plan_model_lists_the_workers_their_devices_and_memory_as_ram(rpc_stub, 
     assert any("a CPU worker's figure is its RAM" in reason for reason in plan.reasons)
 
 
+def llamagate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "llamagate.server.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
+
+
+def test_the_commands_plan_and_load_over_workers(rpc_service, rpc_stub, workers, smollm2_path):
+    flags = [arg for w in workers for arg in ("--rpc-worker", w.address)]
+    allowed = ",".join(w.address for w in workers)
+
+    planned = llamagate("plan", str(smollm2_path), *flags, LLAMAGATE_RPC_WORKERS=allowed)
+    assert planned.returncode == 0, planned.stderr
+    rows = [line for line in planned.stdout.splitlines() if line.startswith("127.0.0.1:")]
+    assert [row.split()[0] for row in rows] == [f"{w.address}/0" for w in workers]
+    assert all("its RAM" in row for row in rows)
+    refused = llamagate("plan", str(smollm2_path), *flags)  # this shell's service lists no worker
+    assert refused.returncode == 1 and "LLAMAGATE_RPC_WORKERS" in refused.stderr
+
+    loaded = llamagate("load", str(smollm2_path), "--as", "cli-split", *flags, "--address", rpc_service.address)
+    try:
+        assert loaded.returncode == 0, loaded.stderr
+        assert "cli-split ready" in loaded.stdout and "on RPC workers" in loaded.stderr
+    finally:
+        rpc_stub.UnloadModel(pb.UnloadModelRequest(model="cli-split"))
+
+
 def test_workers_the_operator_did_not_list_or_malformed_ones_are_refused(rpc_stub, smollm2_path):
     def plan(*workers: str) -> grpc.RpcError:
         with pytest.raises(grpc.RpcError) as caught:
