@@ -6,6 +6,10 @@ protocols are the same messages under another package (the v1 proto was
 published as a copy of v1alpha), so one servicer answers both: the v1 route
 reuses v1alpha's (de)serializers, and a v1 file descriptor is registered so
 clients that describe the reflection service itself find it.
+
+grpcio's servicer finds no method by its full name (grpc/grpc#34743), which
+is how ``grpcurl describe llamagate.v1.LlamaGateService.Generate`` asks: a
+method is answered with its service's file.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ _V1ALPHA, _V1 = "grpc.reflection.v1alpha", "grpc.reflection.v1"
 def add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
     _register_v1_descriptor()
     names = (*service_names, V1_SERVICE, V1ALPHA_SERVICE)
-    servicer = reflection.aio.ReflectionServicer(names)
+    servicer = _Reflection(names)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
@@ -30,6 +34,16 @@ def add_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> N
         response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
     )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(V1_SERVICE, {"ServerReflectionInfo": v1}),))
+
+
+class _Reflection(reflection.aio.ReflectionServicer):
+    # grpcio-reflection's own (unstubbed) lookup, widened; tests/test_grpc_edge.py notices if it is renamed.
+    def _file_containing_symbol(self, request, fully_qualified_name):
+        try:
+            method = descriptor_pool.Default().FindMethodByName(fully_qualified_name)
+        except KeyError:  # not a method: a service, message or enum, as grpcio finds it
+            return super()._file_containing_symbol(request, fully_qualified_name)  # type: ignore[misc]
+        return super()._file_containing_symbol(request, method.containing_service.full_name)  # type: ignore[misc]
 
 
 def _register_v1_descriptor() -> None:

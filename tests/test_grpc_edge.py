@@ -213,9 +213,10 @@ def test_reflection_v1_lists_the_services_and_finds_the_file_of_a_symbol():
         return await ask_v1(channel, reflection_pb2.ServerReflectionRequest(list_services=""),
                             reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
                             reflection_pb2.ServerReflectionRequest(
-                                file_containing_symbol="grpc.reflection.v1.ServerReflection"))
+                                file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+                            reflection_pb2.ServerReflectionRequest(file_containing_symbol=f"{SERVICE}.Generate"))
 
-    listed, found, itself = run(talk)
+    listed, found, itself, method = run(talk)
     names = {s.name for s in listed.list_services_response.service}
     assert {SERVICE, HEALTH, "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
     files = [descriptor_pb2.FileDescriptorProto.FromString(b)
@@ -228,6 +229,8 @@ def test_reflection_v1_lists_the_services_and_finds_the_file_of_a_symbol():
                  for b in itself.file_descriptor_response.file_descriptor_proto]
     assert (v1_file.package, v1_file.service[0].method[0].input_type) == (
         "grpc.reflection.v1", ".grpc.reflection.v1.ServerReflectionRequest")
+    # A method by its full name (grpcurl's `describe Service.Method`): its service's file.
+    assert method.file_descriptor_response.file_descriptor_proto == found.file_descriptor_response.file_descriptor_proto
 
 
 def test_reflection_v1alpha_serves_a_full_descriptor_database():
