@@ -15,7 +15,7 @@ from llamagate.domain.errors import DecoderUnavailable
 from llamagate.domain.ports import CodecDecoder
 from llamagate.domain.speech import DecoderSource
 
-_INSTALL = "decoding audio needs onnxruntime: install llamagate[tts] (pip install 'llamagate[tts]')"
+INSTALL_HINT = "decoding audio needs onnxruntime: install llamagate[tts] (pip install 'llamagate[tts]')"
 
 
 class OnnxDecoderLoader:
@@ -27,7 +27,7 @@ class OnnxDecoderLoader:
         try:  # here, not at import: the core install has neither onnxruntime nor the numpy it brings
             from llamagate.adapters.onnx_codec import OnnxCodecDecoder
         except ImportError as error:
-            raise DecoderUnavailable(_INSTALL) from error
+            raise DecoderUnavailable(INSTALL_HINT) from error
         return OnnxCodecDecoder(self.locate(shape, source), shape, threads=self._threads)
 
     def locate(self, shape: CodecShape, source: DecoderSource) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from llamagate.adapters.codec_decoders import INSTALL_HINT
 from llamagate.domain.audio_codecs import AudioCodec, CodecCodes, CodecShape
 from llamagate.domain.errors import DecoderUnavailable, Internal
 
@@ -39,8 +40,7 @@ def _onnxruntime() -> Any:
     try:  # by name: onnxruntime ships no type information, and the core install lacks it
         return importlib.import_module("onnxruntime")
     except ImportError as exc:
-        raise DecoderUnavailable("decoding audio needs onnxruntime: install llamagate[tts] "
-                                 "(pip install 'llamagate[tts]')") from exc
+        raise DecoderUnavailable(INSTALL_HINT) from exc
 
 
 def _session_options(ort: Any, threads: int | None) -> Any:
